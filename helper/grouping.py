@@ -1,0 +1,250 @@
+"""Contiguous layer groups for the CKA layer-group distiller.
+
+A grouping of L ordered layers into n contiguous non-empty groups is written as its list of
+group *end* indices (exclusive), e.g. [3, 6] for layers {0,1,2}, {3,4,5}; the last end is L.
+
+The teacher is grouped by an exact dynamic programme on its layer-by-layer CKA matrix S,
+maximising the contiguous kernel k-means objective (kernel change-point detection)
+
+    J = sum_g (1/|g|) * sum_{i,j in g} S_ij,
+
+which equals trace(S) minus the within-group kernel scatter. The student is split evenly
+(numpy.array_split sizes). `uniform_groups` and `random_groups` are the teacher ablations.
+
+All arithmetic is float64 NumPy; inputs may be NumPy arrays, nested lists or torch tensors.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import numpy as np
+
+from helper.errors import ConfigError
+
+__all__ = [
+    "contiguous_groups", "group_objective", "grouping_objective_curve", "choose_n_groups",
+    "even_split", "uniform_groups", "random_groups", "groups_from_ends", "check_ends",
+]
+
+_TIE_TOL = 1e-10  # relative tolerance for ties in the DP reconstruction
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _as_similarity(sim) -> np.ndarray:
+    """Square, finite float64 matrix from a NumPy array, list or torch tensor."""
+    if hasattr(sim, "detach"):  # torch tensor, without importing torch here
+        sim = sim.detach().cpu().double().numpy()
+    s = np.asarray(sim, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
+        raise ConfigError(f"the layer similarity matrix must be square (L, L) with L >= 1, got shape "
+                          f"{s.shape}; pass the teacher's layer-by-layer CKA matrix")
+    if not np.all(np.isfinite(s)):
+        raise ConfigError("the layer similarity matrix contains NaN or inf; recompute it (check for "
+                          "layers with constant outputs or batches smaller than 4)")
+    return s
+
+
+def _as_count(value, name: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _check_n(n, num_layers: int, what: str = "n") -> int:
+    n = _as_count(n, what)
+    num_layers = _as_count(num_layers, "the number of layers")
+    if num_layers < 1:
+        raise ConfigError(f"there must be at least one layer to group, got L={num_layers}")
+    if not 1 <= n <= num_layers:
+        raise ConfigError(f"cannot split {num_layers} layers into {what}={n} non-empty contiguous groups; "
+                          f"choose a group count between 1 and {num_layers} (--cka_groups)")
+    return n
+
+
+def check_ends(ends: Sequence[int], num_layers: int) -> list[int]:
+    """Validate a list of group ends for `num_layers` layers (strictly increasing, last == L)."""
+    num_layers = _as_count(num_layers, "the number of layers")
+    try:
+        e = [_as_count(v, "a group end") for v in ends]
+    except TypeError:
+        raise ConfigError(f"group ends must be a list of integers, got {ends!r}") from None
+    if not e or e[-1] != num_layers or e[0] < 1 or any(b <= a for a, b in zip(e, e[1:])):
+        raise ConfigError(f"invalid group ends {e} for {num_layers} layers: they must be strictly "
+                          f"increasing, start at >= 1 and end at {num_layers} (e.g. [3, {num_layers}])")
+    return e
+
+
+def groups_from_ends(ends: Sequence[int]) -> list[range]:
+    """[3, 6] -> [range(0, 3), range(3, 6)]: the layer indices of each group."""
+    out, start = [], 0
+    for e in ends:
+        out.append(range(start, int(e)))
+        start = int(e)
+    return out
+
+
+# ----------------------------------------------------------------------------- the DP
+
+def _block_scores(s: np.ndarray) -> np.ndarray:
+    """W[a, b] = (1/(b-a)) * sum S[a:b, a:b] for b > a, -inf elsewhere; from 2-D prefix sums."""
+    num_layers = s.shape[0]
+    p = np.zeros((num_layers + 1, num_layers + 1))
+    p[1:, 1:] = s.cumsum(axis=0).cumsum(axis=1)          # p[a, b] = sum S[:a, :b]
+    d = np.diag(p)
+    block = d[None, :] - p - p.T + d[:, None]             # sum S[a:b, a:b] at [a, b]
+    idx = np.arange(num_layers + 1)
+    size = idx[None, :] - idx[:, None]
+    w = np.full_like(block, -np.inf)
+    upper = size > 0
+    w[upper] = block[upper] / size[upper]
+    return w
+
+
+class _ContiguousDP:
+    """Suffix DP: F[k, i] = best J for layers i..L-1 in k groups, for all k <= n_max at once."""
+
+    def __init__(self, s: np.ndarray, n_max: int) -> None:
+        num_layers = s.shape[0]
+        self.w = _block_scores(s)
+        f = np.full((n_max + 1, num_layers + 1), -np.inf)
+        f[0, num_layers] = 0.0
+        for k in range(1, n_max + 1):
+            # F[k, i] = max_j W[i, j] + F[k-1, j]; infeasible j carry -inf, so j <= L-k+1 is implicit.
+            f[k] = np.max(self.w + f[k - 1][None, :], axis=1)
+        self.f = f
+        self.num_layers = num_layers
+
+    def objective(self, k: int) -> float:
+        return float(self.f[k, 0])
+
+    def ends(self, k: int) -> list[int]:
+        """Forward reconstruction taking the smallest optimal cut at every step.
+
+        Choosing the smallest j that attains the optimum of the suffix problem, left to right,
+        yields the lexicographically smallest optimal list of ends.
+        """
+        out, i = [], 0
+        for kk in range(k, 0, -1):
+            target = self.f[kk, i]
+            cand = self.w[i] + self.f[kk - 1]
+            j = int(np.flatnonzero(cand >= target - _TIE_TOL * max(1.0, abs(target)))[0])
+            out.append(j)
+            i = j
+        assert i == self.num_layers
+        return out
+
+
+def contiguous_groups(sim, n: int) -> list[int]:
+    """Exact best split of L layers into n contiguous groups under S (ends, exclusive).
+
+    Maximises J = sum_g (1/|g|) sum_{i,j in g} S_ij (contiguous kernel k-means) by a DP over 2-D
+    prefix sums in O(n L^2). Ties go to the lexicographically smallest list of ends, so the
+    result is deterministic (all-equal S gives [1, 2, ..., n-1, L]). S need not be symmetric
+    (the objective only sees S + S^T) but should have S_ii = 1, as a CKA matrix does.
+    """
+    s = _as_similarity(sim)
+    n = _check_n(n, s.shape[0])
+    return _ContiguousDP(s, n).ends(n)
+
+
+def group_objective(sim, ends: Sequence[int]) -> float:
+    """J of a given grouping: sum over groups of (1/|g|) * sum of S over the group's block."""
+    s = _as_similarity(sim)
+    e = check_ends(ends, s.shape[0])
+    return float(sum(s[g.start:g.stop, g.start:g.stop].sum() / len(g) for g in groups_from_ends(e)))
+
+
+def grouping_objective_curve(sim, n_max: int | None = None) -> np.ndarray:
+    """Optimal J(k) for k = 1..n_max (entry k-1) from one DP run; n_max defaults to L.
+
+    J(1) is the mean of all of S, J(L) = trace(S) (= L for a CKA matrix); for a PSD S such as
+    a linear CKA matrix J is non-decreasing in k.
+    """
+    s = _as_similarity(sim)
+    n_max = s.shape[0] if n_max is None else _check_n(n_max, s.shape[0], "n_max")
+    dp = _ContiguousDP(s, n_max)
+    return np.array([dp.objective(k) for k in range(1, n_max + 1)])
+
+
+def choose_n_groups(sim, n_max: int | None = None, rule: str = "knee", tau: float = 0.9) -> int:
+    """Number of teacher groups for ``--cka_groups auto``.
+
+    Both rules use the normalised gain R(n) = (J(n) - J(1)) / (J(L) - J(1)) (J(L) = trace S = L
+    for a CKA matrix), computed for every n by one DP, and search n in 1..n_max (default L; cap
+    it at min(L_student, L_teacher)).
+
+    * ``rule="knee"`` (default): the n that maximises R(n) - (n-1)/(L-1), i.e. where the
+      normalised gain curve lies furthest above the straight line from (1, 0) to (L, 1) (the
+      Kneedle knee); ties go to the smaller n, and a curve with no point above the line (no
+      structure, e.g. S with all off-diagonal entries equal) gives 1.
+    * ``rule="threshold"``: the smallest n with R(n) >= tau.
+
+    Why the knee by default: R(n) counts the scatter left *inside* a true block as unexplained,
+    so the threshold's answer depends on how tight the blocks are. On cka.md 5.3's example
+    (elbow at 2) tau=0.9 returns 4 of 6 layers, and three blocks of within-CKA 0.7 need tau below
+    0.67 to be found, whereas the knee returns 2 and 3. When J(1) == J(L) (every pair as similar
+    as a layer to itself) nothing can be gained by splitting and the answer is 1.
+    """
+    s = _as_similarity(sim)
+    num_layers = s.shape[0]
+    n_max = num_layers if n_max is None else _check_n(n_max, num_layers, "n_max")
+    if rule not in ("knee", "threshold"):
+        raise ConfigError(f"unknown rule {rule!r} for choosing the group count; use 'knee' or 'threshold'")
+    if rule == "threshold" and not 0.0 < float(tau) <= 1.0:
+        raise ConfigError(f"tau must be in (0, 1], got {tau!r}")
+    if num_layers == 1 or n_max == 1:
+        return 1
+    dp = _ContiguousDP(s, num_layers)
+    j = np.array([dp.objective(k) for k in range(1, num_layers + 1)])
+    span = j[-1] - j[0]
+    if span <= 1e-12 * max(1.0, abs(j[-1])):
+        return 1
+    r = (j - j[0]) / span
+    cand = r[:n_max]
+    if rule == "threshold":
+        hit = np.flatnonzero(cand >= float(tau) - 1e-12)
+        return int(hit[0]) + 1 if hit.size else n_max
+    excess = cand - np.arange(n_max) / (num_layers - 1)
+    best = excess.max()
+    if best <= 1e-12:
+        return 1
+    return int(np.flatnonzero(excess >= best - 1e-12)[0]) + 1
+
+
+# ----------------------------------------------------------------------------- other splits
+
+def even_split(num_layers: int, n: int) -> list[int]:
+    """Ends of numpy.array_split-sized groups: the first L mod n groups get one extra layer.
+
+    even_split(17, 5) -> sizes [4, 4, 3, 3, 3]; even_split(5, 3) -> sizes [2, 2, 1].
+    """
+    num_layers = _as_count(num_layers, "the number of layers")
+    n = _check_n(n, num_layers)
+    q, r = divmod(num_layers, n)
+    sizes = [q + 1] * r + [q] * (n - r)
+    return np.cumsum(sizes).astype(int).tolist()
+
+
+def uniform_groups(num_layers: int, n: int) -> list[int]:
+    """Teacher ablation ``--cka_grouping uniform``: the even split, ignoring CKA."""
+    return even_split(num_layers, n)
+
+
+def random_groups(num_layers: int, n: int, seed: int | np.random.Generator | None = None) -> list[int]:
+    """Teacher ablation ``--cka_grouping random``: a uniformly random contiguous partition.
+
+    Draws n-1 distinct cut points from 1..L-1, so each of the C(L-1, n-1) partitions into n
+    non-empty groups is equally likely. Pass the run's seed (int) to make it reproducible; an
+    np.random.Generator is used as is, None draws fresh entropy.
+    """
+    num_layers = _as_count(num_layers, "the number of layers")
+    n = _check_n(n, num_layers)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(num_layers - 1, size=n - 1, replace=False) + 1) if n > 1 else []
+    return [int(c) for c in cuts] + [num_layers]
