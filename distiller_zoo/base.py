@@ -34,11 +34,14 @@ class Batch:
 
     ``contrast_idx``: CRD's (B, K+1) contrastive indices when the dataset supplies them
     (the instance-sample loader); ``None`` when negatives are drawn in-batch.
+    ``mix_targets``/``mix_lam``: set by ``--mixup``; CE becomes lam * CE(targets) + (1-lam) * CE(mix_targets).
     """
     images: torch.Tensor
     targets: torch.Tensor
     index: Optional[torch.Tensor] = None
     contrast_idx: Optional[torch.Tensor] = None
+    mix_targets: Optional[torch.Tensor] = None  # mixup: images = lam * x + (1 - lam) * x[perm]
+    mix_lam: float = 1.0
 
 
 @dataclass
@@ -87,10 +90,15 @@ class Distiller(nn.Module):
         super().__init__()
         self.opt = ctx.opt
 
-    # ---- command line -------------------------------------------------------------------------
+    # ---- command line and data ----------------------------------------------------------------
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Add flags that only this method reads (shared flags live in helper/options.py)."""
+
+    @classmethod
+    def loader_options(cls, opt: argparse.Namespace) -> dict:
+        """Extra keyword arguments for dataset.get_dataloaders (CRD's dataset-side sampler)."""
+        return {}
 
     # ---- main stage ---------------------------------------------------------------------------
     def forward(self, s: Outputs, t: Outputs, batch: Batch) -> torch.Tensor:
@@ -103,6 +111,9 @@ class Distiller(nn.Module):
 
     def after_step(self, s: Outputs, t: Outputs, batch: Batch) -> None:
         """Called after the optimiser step, with no grad (CRD updates its memory bank here)."""
+
+    def log_tensorboard(self, writer, epoch: int) -> None:
+        """Method-specific diagnostics, once per epoch on rank 0 (cka_group's CKA curves)."""
 
     # ---- initialisation stage (FitNet, AB, FT, FSP) -------------------------------------------
     def init_parameters(self, model_s: nn.Module) -> list:

@@ -1,0 +1,177 @@
+"""What train_teacher.py and train_student.py share: launching, the epoch loop, checkpoints, resume.
+
+``launch`` starts one process (plain), N processes (``--multiprocessing-distributed``: mp.spawn) or
+joins a torchrun group. ``fit`` runs epochs from ``start_epoch``: train, validate, log, save
+``<prefix>_last.pth`` every epoch, ``<prefix>_best.pth`` on a new best and ``ckpt_epoch_<n>.pth`` every
+``--save_freq`` epochs, each written atomically by rank 0 only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from helper import distributed as dist_util
+from helper.checkpoint import atomic_save, load_file, options_dict
+from helper.errors import ConfigError
+from helper.loops import train_one_epoch, validate
+from helper.util import get_rng_state, set_rng_state
+
+
+def run_main(worker, opt_or_error) -> None:
+    """Entry point of both scripts: bad input is one line on stderr and exit code 2."""
+    try:
+        opt = opt_or_error() if callable(opt_or_error) else opt_or_error
+        launch(worker, opt)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _spawned(local_rank: int, worker, opt) -> None:
+    try:
+        worker(opt, local_rank)
+    except ConfigError as e:
+        if local_rank == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def launch(worker, opt) -> None:
+    """Run ``worker(opt, local_rank)`` in this process, under torchrun, or in mp.spawn'd processes."""
+    if opt.multiprocessing_distributed and not dist_util.launched_by_torchrun():
+        n = opt.procs_per_node or torch.cuda.device_count()
+        if n < 1:
+            raise ConfigError("--multiprocessing-distributed found no GPU; pass --procs_per_node N "
+                              "to run N CPU processes with gloo")
+        opt.procs_per_node = n
+        try:
+            mp.spawn(_spawned, args=(worker, opt), nprocs=n, join=True)
+        except mp.ProcessExitedException as e:
+            raise SystemExit(e.exit_code or 1) from None
+        return
+    try:
+        worker(opt, None)
+    except ConfigError:
+        raise
+    except BaseException:
+        if dist_util.is_dist() and dist_util.world_size() > 1:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)  # a failed rank must not leave the others waiting in a collective
+        raise
+    finally:
+        dist_util.cleanup()
+
+
+def truncate_metrics(save_folder: str, last_epoch: int) -> None:
+    """On resume, drop metric lines of epochs after the checkpoint (they will be run again)."""
+    path = os.path.join(save_folder, "metrics.jsonl")
+    if not dist_util.is_main() or not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [ln for ln in f if ln.strip() and json.loads(ln).get("epoch", 0) <= last_epoch]
+    with open(path, "w") as f:
+        f.writelines(keep)
+
+
+def load_resume(opt, expect_arch: str):
+    """The checkpoint to continue from, checked to belong to this kind of run."""
+    ckpt = load_file(opt.resume, map_location="cpu")
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt or "optimizer" not in ckpt:
+        raise ConfigError(f"--resume {opt.resume!r} is not a checkpoint written by this codebase "
+                          "(no epoch/optimizer state); to start from its weights, use it as a teacher instead")
+    if ckpt.get("arch") not in (None, expect_arch):
+        raise ConfigError(f"--resume {opt.resume!r} holds a {ckpt.get('arch')} but this run trains {expect_arch}")
+    return ckpt
+
+
+def fit(opt, *, inner: nn.Module, step_module: nn.Module, teacher, optimizer, data, device, logger,
+        save_folder: str, prefix: str, arch: str, start_epoch: int = 1, best_acc: float = 0.0,
+        best_epoch: int = 0, extra_state=None, mixup=None, summary: dict | None = None) -> dict:
+    """Train epochs ``start_epoch..opt.epochs``; returns the run summary (also saved as summary.json)."""
+    distiller = getattr(inner, "distiller", None)
+    t_start = time.time()
+    last = {}
+    for epoch in range(start_epoch, opt.epochs + 1):
+        data.set_epoch(epoch)
+        if mixup is not None:
+            mixup.set_epoch(epoch)
+        tr = train_one_epoch(epoch, data.train_loader, step_module, inner, teacher, optimizer, opt, device,
+                             log=logger.print, mixup=mixup)
+        val = validate(inner.predict, data.val_loader, device, opt)
+        is_best = val["acc1"] > best_acc
+        if is_best:
+            best_acc, best_epoch = val["acc1"], epoch
+        logger.print(f"epoch {epoch}/{opt.epochs} train loss {tr['loss']:.4f} acc@1 {tr['acc1']:.2f} | "
+                     f"test acc@1 {val['acc1']:.2f} acc@5 {val['acc5']:.2f} loss {val['loss']:.4f} | "
+                     f"best {best_acc:.2f} | {tr['time']:.1f}s {tr['img_per_s']:.0f} img/s")
+        logger.scalars("train", {k: v for k, v in tr.items() if k not in ("time",)}, epoch)
+        logger.scalars("test", {k: v for k, v in val.items() if k != "count"}, epoch)
+        if distiller is not None and logger.writer is not None:
+            distiller.log_tensorboard(logger.writer, epoch)
+        last = {"epoch": epoch, "train": tr, "test": val, "best_acc": best_acc, "best_epoch": best_epoch}
+        logger.epoch({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc1"], "test_acc": val["acc1"],
+                      "test_acc_top5": val["acc5"], "test_loss": val["loss"], "lr": tr["lr"],
+                      "epoch_time": tr["time"], "img_per_s": tr["img_per_s"],
+                      **{k: tr[k] for k in ("loss_cls", "loss_div", "loss_kd") if k in tr}})
+        if dist_util.is_main() and not opt.skip_save:
+            state = {"model": inner.student.state_dict(), "arch": arch, "epoch": epoch, "acc": val["acc1"],
+                     "best_acc": best_acc, "best_epoch": best_epoch, "optimizer": optimizer.state_dict(),
+                     "distiller": distiller.state_dict() if distiller is not None else None,
+                     "rng": get_rng_state(), "opt": options_dict(opt), "init_done": True}
+            if extra_state:
+                state.update(extra_state())
+            atomic_save(state, os.path.join(save_folder, f"{prefix}_last.pth"))
+            if is_best:
+                atomic_save(state, os.path.join(save_folder, f"{prefix}_best.pth"))
+            if opt.save_freq and (epoch % opt.save_freq == 0 or epoch == opt.epochs):
+                atomic_save(state, os.path.join(save_folder, f"ckpt_epoch_{epoch}.pth"))
+    out = dict(summary or {})
+    out.update({"best_acc": best_acc, "best_epoch": best_epoch,
+                "last_acc": last.get("test", {}).get("acc1"), "last_epoch": last.get("epoch"),
+                "train_time_s": time.time() - t_start})
+    logger.write_json("summary.json", out)
+    return out
+
+
+def restore_common(ckpt: dict, optimizer) -> tuple:
+    """Optimizer and RNG state of a resumed run; returns (start_epoch, best_acc, best_epoch)."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if "rng" in ckpt:
+        set_rng_state(ckpt["rng"])
+    return ckpt["epoch"] + 1, float(ckpt.get("best_acc", 0.0)), int(ckpt.get("best_epoch", 0))
+
+
+def wrap_ddp(module: nn.Module, opt, device):
+    """DDP over the trainable module only (the teacher never); SyncBatchNorm first if asked.
+
+    ``static_graph``: the same parameters are used every step, so parameters a configuration never
+    uses (a student classifier under SimKD's -c 0 -d 0) need no find_unused_parameters traversal.
+    """
+    if not getattr(opt, "distributed", False):
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    if opt.sync_bn:
+        if device.type != "cuda":
+            raise ConfigError("--sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(module, device_ids=ids, static_graph=True)
+
+
+def place(model: nn.Module, opt, device) -> nn.Module:
+    model = model.to(device)
+    if getattr(opt, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def count_params(model: nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6

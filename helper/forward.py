@@ -1,0 +1,51 @@
+"""Run a model and return what a distiller needs from it, as :class:`Outputs`.
+
+One place decides how logits, stage features (``is_feat``/``preact``) and block-level layers
+(forward hooks, models/layers.py) are taken from a model, for the student, the teacher and the probe.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distiller_zoo.base import Outputs
+from models.layers import LayerRecorder
+
+
+class ModelRunner:
+    """Calls ``model`` so that it yields exactly what ``needs`` asks for."""
+
+    def __init__(self, model: nn.Module, needs=frozenset()):
+        self.model = model
+        self.needs = frozenset(needs)
+        self.is_feat = bool(self.needs & {"feats", "preact"})
+        self.preact = "preact" in self.needs
+        self.recorder = LayerRecorder(model) if "layers" in self.needs else None
+
+    def __call__(self, x: torch.Tensor, model: nn.Module | None = None) -> Outputs:
+        """``model``: the same network wrapped (DDP, compiled); hooks live on the inner module."""
+        model = model if model is not None else self.model
+        if self.recorder is not None:
+            with self.recorder:
+                out = model(x, is_feat=self.is_feat, preact=self.preact)
+            layers = self.recorder.layers
+        else:
+            out = model(x, is_feat=self.is_feat, preact=self.preact) if self.is_feat else model(x)
+            layers = None
+        if self.is_feat:
+            feats, logits = out
+            return Outputs(logits=logits, feats=list(feats), layers=layers)
+        return Outputs(logits=out, layers=layers)
+
+    def close(self):
+        if self.recorder is not None:
+            self.recorder.remove()
+
+
+def detach_outputs(o: Outputs, clone: bool = False) -> Outputs:
+    """Teacher outputs made by inference_mode are cloned into ordinary tensors: autograd may save
+    them for the student's backward, which inference tensors forbid."""
+    f = (lambda t: t.clone()) if clone else (lambda t: t.detach())
+    return Outputs(logits=f(o.logits),
+                   feats=[f(t) for t in o.feats] if o.feats is not None else None,
+                   layers=[f(t) for t in o.layers] if o.layers is not None else None)

@@ -1,0 +1,81 @@
+"""Train a network from scratch: teachers, and the vanilla-student baselines of every table.
+
+    python train_teacher.py --model resnet32x4 --dataset cifar100 --data_folder ./data
+
+Saves to save/teachers/models/<model>_vanilla_<dataset>_trial_<trial>/ (ckpt_epoch_<n>.pth,
+<model>_best.pth, <model>_last.pth, metrics.jsonl, summary.json) and logs to save/teachers/tensorboard/.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import dataset
+from helper import distributed as dist_util
+from helper.engine import count_params, fit, load_resume, place, restore_common, run_main, \
+    truncate_metrics, wrap_ddp
+from helper.errors import ConfigError
+from helper.logger import RunLogger
+from helper.loops import DistillStudent
+from helper.mixup import Mixup
+from helper.optim import build_optimizer
+from helper.options import add_common_args, finish_common
+from helper.util import set_seed
+from models import model_dict
+
+
+def parse_option(argv=None):
+    p = argparse.ArgumentParser(description="train a model from scratch (RepDistiller's train_teacher.py)")
+    p.add_argument("--model", default="resnet110", help="a model_dict name")
+    add_common_args(p, trial_default="0")
+    opt = p.parse_args(argv)
+    if opt.model not in model_dict:
+        raise ConfigError(f"unknown --model {opt.model!r}; choose one of: {', '.join(sorted(model_dict))}")
+    finish_common(opt, opt.model)
+    # the loss is plain CE: the shared loop reads these weights
+    opt.cls, opt.div, opt.beta, opt.kd_T, opt.distill = 1.0, 0.0, 0.0, 4.0, None
+    opt.model_name = f"{opt.model}_vanilla_{opt.dataset}_trial_{opt.trial}"
+    opt.save_folder = os.path.join(opt.save_dir, "teachers", "models", opt.model_name)
+    opt.tb_folder = os.path.join(opt.save_dir, "teachers", "tensorboard", opt.model_name)
+    return opt
+
+
+def main_worker(opt, local_rank=None):
+    device = dist_util.init(opt, local_rank)
+    set_seed(opt.seed, opt.deterministic)
+    num_classes = dataset.num_classes(opt.dataset)
+    model = model_dict[opt.model](num_classes=num_classes)
+    data = dataset.get_dataloaders(opt, model.input_shape, device=device, rank=opt.rank,
+                                   world_size=opt.world_size)
+    inner = place(DistillStudent(model, None, opt), opt, device)
+    step_module = wrap_ddp(inner, opt, device)
+    optimizer = build_optimizer(inner.parameters(), opt)
+    logger = RunLogger(opt.save_folder, opt.tb_folder)
+    start_epoch, best_acc, best_epoch = 1, 0.0, 0
+    if opt.resume:
+        ckpt = load_resume(opt, opt.model)
+        inner.student.load_state_dict(ckpt["model"])
+        start_epoch, best_acc, best_epoch = restore_common(ckpt, optimizer)
+        truncate_metrics(opt.save_folder, start_epoch - 1)
+        logger.print(f"==> resumed from {opt.resume} at epoch {start_epoch - 1} (best {best_acc:.2f})")
+    logger.print(f"==> {opt.model} ({count_params(model):.2f} M params) on {opt.dataset}, "
+                 f"{data.n_train} training images, device {device}, world size {opt.world_size}")
+    logger.write_json("parameters.json", vars(opt) | {"lr_decay_epochs": opt.lr_decay_epochs})
+    mixup = Mixup(opt.mixup, opt.seed) if opt.mixup > 0 else None
+    summary = fit(opt, inner=inner, step_module=step_module, teacher=None, optimizer=optimizer, data=data,
+                  device=device, logger=logger, save_folder=opt.save_folder, prefix=opt.model, arch=opt.model,
+                  start_epoch=start_epoch, best_acc=best_acc, best_epoch=best_epoch, mixup=mixup,
+                  summary={"model": opt.model, "dataset": opt.dataset, "trial": opt.trial,
+                           "params_M": count_params(model), "role": "vanilla"})
+    logger.print(f"==> best test acc@1 {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
+                 f"last {summary['last_acc']:.2f}")
+    logger.close()
+    return summary
+
+
+def main(argv=None):
+    run_main(main_worker, lambda: parse_option(argv))
+
+
+if __name__ == "__main__":
+    main()
