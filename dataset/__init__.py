@@ -1,0 +1,226 @@
+"""Datasets and loaders: one entry point, :func:`get_dataloaders`, two implementations.
+
+``--dataset`` names: cifar10, cifar100, cinic10, imagenet, mnist, fashionmnist (the project's default),
+digits. Formats and where they are looked for are in the reader modules (cifar, mnist, digits, folder);
+the input-shape rule and the augmentation of each dataset in :mod:`dataset.base`.
+
+Loaders (``opt.loader``):
+
+* ``'tensor'`` (:mod:`dataset.tensor_loader`): the split resident on ``device`` as uint8, batched
+  per-sample crop/flip with tensor ops. Default ('auto') for the in-memory datasets cifar10/100, mnist,
+  fashionmnist, digits; also usable for cinic10 (decoded into memory at start-up).
+* ``'torch'`` (:mod:`dataset.torch_loader`): DataLoader + PIL + torchvision transforms. Default for the
+  folder datasets cinic10 and imagenet (the only choice for imagenet).
+
+Train batches: ``(images, targets, index)``, or ``(images, targets, index, contrast_idx)`` with
+``contrast=True`` (CRD); ``index`` is the position in the training set (after ``--train_subset``, which
+*is* the training set), ``contrast_idx`` is (B, K+1) with the positive in column 0. Val batches:
+``(images, targets)`` of this rank's exact shard. Images are float32, normalised, NCHW at the model's
+input shape. The tensor loader's tensors are on ``device``; the torch loader's on the CPU (pinned on
+CUDA), except ``contrast_idx`` which is drawn on ``device``: move batches with ``.to(device, non_blocking=True)``.
+Call ``bundle.set_epoch(epoch)`` before each epoch: order, augmentation and contrast draws are functions
+of (seed, epoch), so a run resumed at an epoch boundary sees the batches of an uninterrupted one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from helper.errors import ConfigError
+
+from .base import (ArraySplit, DatasetSpec, default_train_sampler, per_rank_batch, plan_adaptation,
+                   stratified_subset)
+from .cifar import load_cifar
+from .contrast import ContrastSampler
+from .digits import load_digits_arrays
+from .folder import decode_folder, find_root, image_folder
+from .mnist import load_idx_dataset
+
+__all__ = ["DATASETS", "DataBundle", "get_dataloaders", "native_shape"]
+
+_CIFAR_AUG = dict(crop_pad=4, flip=True)
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           "memory", partial(load_cifar, "cifar10"), **_CIFAR_AUG),
+    "cifar100": DatasetSpec("cifar100", 100, (3, 32, 32), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
+                            "memory", partial(load_cifar, "cifar100"), **_CIFAR_AUG),
+    # CINIC-10's published statistics (BayesWatch/cinic-10 README)
+    "cinic10": DatasetSpec("cinic10", 10, (3, 32, 32), (0.47889522, 0.47227842, 0.43047404),
+                           (0.24205776, 0.23828046, 0.25874835), "folder", partial(find_root, "cinic10"),
+                           **_CIFAR_AUG),
+    "imagenet": DatasetSpec("imagenet", 1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                            "folder", partial(find_root, "imagenet"), resized_crop=True, flip=True),
+    "mnist": DatasetSpec("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), "memory",
+                         partial(load_idx_dataset, "mnist"), crop_pad=2, flip=False, adaptable=True),
+    "fashionmnist": DatasetSpec("fashionmnist", 10, (1, 28, 28), (0.2860,), (0.3530,), "memory",
+                                partial(load_idx_dataset, "fashionmnist"), crop_pad=2, flip=True, adaptable=True),
+    # statistics of the 28x28 training images built by dataset.digits
+    "digits": DatasetSpec("digits", 10, (1, 28, 28), (0.1557,), (0.2772,), "memory",
+                          lambda data_folder, download=False: load_digits_arrays(), crop_pad=2, flip=False,
+                          adaptable=True),
+}
+
+
+def native_shape(name: str) -> tuple:
+    return _spec(name).shape
+
+
+def _spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+
+
+@dataclass
+class DataBundle:
+    train_loader: Any
+    val_loader: Any
+    num_classes: int
+    n_train: int
+    train_targets: torch.Tensor  # (n_train,) int64, CPU, in dataset index order
+    n_val: int
+    loader: str  # 'tensor' or 'torch'
+    dataset: str
+    input_shape: tuple
+
+    def set_epoch(self, epoch: int) -> None:
+        self.train_loader.set_epoch(epoch)
+
+
+class _ArrayFetch:
+    """index -> PIL image of an in-memory split (picklable for DataLoader workers)."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __call__(self, i: int):
+        from PIL import Image
+
+        a = self.images[i]
+        return Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)  # 2-D uint8: "L", H x W x 3: "RGB"
+
+
+class _FolderFetch:
+    """index -> PIL RGB image of an ImageFolder (optionally through a subset's index map)."""
+
+    def __init__(self, ds, positions=None):
+        self.paths = [p for p, _ in ds.samples]
+        if positions is not None:
+            self.paths = [self.paths[j] for j in positions]
+        self.load = ds.loader
+
+    def __call__(self, i: int):
+        return self.load(self.paths[i])
+
+
+def _choose_loader(spec: DatasetSpec, asked: str) -> str:
+    if asked not in ("auto", "torch", "tensor"):
+        raise ConfigError(f"--loader must be auto, torch or tensor, got {asked!r}")
+    if asked == "auto":
+        return "tensor" if spec.kind == "memory" else "torch"
+    if asked == "tensor" and spec.resized_crop:
+        raise ConfigError(f"--loader tensor cannot serve {spec.name} (RandomResizedCrop of full-size images); "
+                          "use --loader torch (or auto)")
+    return asked
+
+
+def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world_size: int = 1,
+                    train_sampler=None, contrast: bool = False) -> DataBundle:
+    """Build the train and validation loaders of ``opt.dataset`` for one process of ``world_size``.
+
+    Reads opt.dataset, data_folder, batch_size (global), num_workers, seed, train_subset, download,
+    loader, drop_last, and with ``contrast=True`` nce_k and mode. ``input_shape`` is the model's
+    (C, H, W) (None: the dataset's native shape). ``train_sampler`` (any sampler of training-set
+    positions, optional ``set_epoch``) replaces the default DistributedSampler order.
+    """
+    spec = _spec(getattr(opt, "dataset", "fashionmnist"))
+    adapt = plan_adaptation(spec, input_shape)
+    world_size, rank = int(world_size), int(rank)
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside world size {world_size}")
+    batch = per_rank_batch(getattr(opt, "batch_size", 64), world_size)
+    kind = _choose_loader(spec, getattr(opt, "loader", "auto") or "auto")
+    data_folder = getattr(opt, "data_folder", None) or "./data"
+    download = bool(getattr(opt, "download", False))
+    seed = getattr(opt, "seed", 0)
+    seed = 0 if seed is None else int(seed)
+    num_workers = int(getattr(opt, "num_workers", 0) or 0)
+    drop_last = bool(getattr(opt, "drop_last", False))
+    subset_n = getattr(opt, "train_subset", None)
+    device = torch.device(device)
+
+    # ---- the splits: arrays (memory) or ImageFolders (folder) ----
+    train_arr = val_arr = train_ds = val_ds = None
+    if spec.kind == "memory":
+        train_arr, val_arr = spec.load(data_folder, download=download)
+        train_targets_np = train_arr.targets
+    else:
+        train_root, val_root = spec.load(data_folder)
+        train_ds, val_ds = image_folder(train_root), image_folder(val_root)
+        if kind == "tensor":
+            train_arr, val_arr = decode_folder(train_ds, spec.shape), decode_folder(val_ds, spec.shape)
+        train_targets_np = np.asarray(train_ds.targets, dtype=np.int64)
+    if len(train_targets_np) and int(train_targets_np.max()) >= spec.num_classes:
+        raise ConfigError(f"{spec.name}: training labels go up to {int(train_targets_np.max())}, "
+                          f"more than its {spec.num_classes} classes")
+
+    positions = None
+    if subset_n:
+        positions = stratified_subset(train_targets_np, int(subset_n), seed, spec.num_classes)
+        train_targets_np = train_targets_np[positions]
+        if train_arr is not None:
+            train_arr = train_arr.subset(positions)
+    n_train = len(train_targets_np)
+    if n_train == 0:
+        raise ConfigError(f"{spec.name}: the training set is empty")
+    train_targets = torch.as_tensor(train_targets_np, dtype=torch.long)
+
+    contrast_sampler = None
+    if contrast:
+        contrast_sampler = ContrastSampler(train_targets, getattr(opt, "nce_k", 16384),
+                                           getattr(opt, "mode", "exact"), device=device)
+    sampler = train_sampler if train_sampler is not None else default_train_sampler(
+        n_train, seed, rank, world_size, drop_last)
+
+    if kind == "tensor":
+        from .tensor_loader import TensorTrainLoader, TensorValLoader, to_device_nchw
+        from .transforms import BatchTransform
+
+        x, y = to_device_nchw(train_arr, device)
+        train_loader = TensorTrainLoader(x, y, BatchTransform(spec, adapt, device, train=True), batch_size=batch,
+                                         sampler=sampler, seed=seed, rank=rank, drop_last=drop_last,
+                                         contrast=contrast_sampler)
+        vx, vy = to_device_nchw(val_arr, device)
+        val_loader = TensorValLoader(vx, vy, BatchTransform(spec, adapt, device, train=False), batch_size=batch,
+                                     rank=rank, world_size=world_size)
+        n_val = len(val_arr)
+    else:
+        from .torch_loader import SeededTransformDataset, TorchTrainLoader, make_val_loader
+        from .transforms import pil_transforms
+
+        if train_arr is not None:
+            fetch_train, fetch_val = _ArrayFetch(train_arr.images), _ArrayFetch(val_arr.images)
+            val_targets = val_arr.targets
+        else:
+            fetch_train, fetch_val = _FolderFetch(train_ds, positions), _FolderFetch(val_ds)
+            val_targets = np.asarray(val_ds.targets, dtype=np.int64)
+        train_set = SeededTransformDataset(fetch_train, train_targets_np, pil_transforms(spec, adapt, True), seed,
+                                           train=True)
+        val_set = SeededTransformDataset(fetch_val, val_targets, pil_transforms(spec, adapt, False), seed,
+                                         train=False)
+        train_loader = TorchTrainLoader(train_set, batch_size=batch, sampler=sampler, num_workers=num_workers,
+                                        device=device, seed=seed, rank=rank, drop_last=drop_last,
+                                        contrast=contrast_sampler)
+        val_loader = make_val_loader(val_set, batch_size=batch, num_workers=num_workers, device=device, seed=seed,
+                                     rank=rank, world_size=world_size)
+        n_val = len(val_targets)
+
+    return DataBundle(train_loader=train_loader, val_loader=val_loader, num_classes=spec.num_classes,
+                      n_train=n_train, train_targets=train_targets, n_val=n_val, loader=kind, dataset=spec.name,
+                      input_shape=(adapt.channels,) + tuple(adapt.size))

@@ -1,0 +1,101 @@
+"""The two implementations of the same image pipeline.
+
+* :func:`pil_transforms`: torchvision transforms on PIL images, for the 'torch' loader.
+* :class:`BatchTransform`: the same augmentation, adaptation and normalisation on a whole uint8 batch
+  with tensor ops (CPU or CUDA), for the 'tensor' loader. Every sample draws its own crop offsets and
+  flip, with the distribution of ``RandomCrop(size, padding=p)`` + ``RandomHorizontalFlip()``: the
+  offsets are uniform on ``{0, ..., 2p}`` in each axis, the flip a fair coin, the padding zeros.
+
+The order is augmentation at native size, then adaptation to the model's shape, then normalisation
+(see :mod:`dataset.base` for the input-shape rule).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Adaptation, DatasetSpec
+
+
+def _norm_stats(spec: DatasetSpec, adapt: Adaptation):
+    reps = adapt.channels // spec.shape[0] if adapt.channels > spec.shape[0] else 1
+    return tuple(spec.mean) * reps, tuple(spec.std) * reps
+
+
+def pil_transforms(spec: DatasetSpec, adapt: Adaptation, train: bool):
+    from torchvision import transforms as T
+
+    ops = []
+    c0, h0, w0 = spec.shape
+    if spec.resized_crop:  # ImageNet
+        ops += [T.RandomResizedCrop(h0), T.RandomHorizontalFlip()] if train else [T.Resize(256), T.CenterCrop(h0)]
+    elif train:
+        if spec.crop_pad:
+            ops.append(T.RandomCrop((h0, w0), padding=spec.crop_pad))
+        if spec.flip:
+            ops.append(T.RandomHorizontalFlip())
+    if adapt.pad:
+        ops.append(T.Pad(adapt.pad, fill=0))
+    if adapt.resize:
+        ops.append(T.Resize(adapt.size, interpolation=T.InterpolationMode.BILINEAR))
+    if adapt.channels == 3 and c0 == 1:
+        ops.append(T.Grayscale(num_output_channels=3))
+    mean, std = _norm_stats(spec, adapt)
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(ops)
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Per-sample random crop (zero padding ``pad``) and horizontal flip of a uint8 batch (B, C, H, W).
+
+    One gather does both: output pixel (r, c) of sample b reads padded pixel
+    (r + dy_b, dx_b + (W - 1 - c if flip_b else c)). No per-sample Python.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    if pad:
+        x = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+    else:
+        dy = dx = torch.zeros(b, dtype=torch.long, device=dev)
+    cols = torch.arange(w, device=dev).expand(b, w)
+    if flip:
+        flipped = torch.rand(b, generator=generator, device=dev) < 0.5
+        cols = torch.where(flipped[:, None], (w - 1) - cols, cols)
+    cols = cols + dx[:, None]
+    rows = torch.arange(h, device=dev)[None, :] + dy[:, None]
+    wp = w + 2 * pad
+    src = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return x.reshape(b, c, -1).gather(2, src).view(b, c, h, w)
+
+
+class BatchTransform:
+    """uint8 (B, C0, H0, W0) -> float32 normalised (B, C, H, W), optionally augmented, on x's device."""
+
+    def __init__(self, spec: DatasetSpec, adapt: Adaptation, device, train: bool):
+        if train and spec.resized_crop:
+            raise ValueError("RandomResizedCrop is not implemented by the tensor loader")
+        self.crop_pad = spec.crop_pad if train else 0
+        self.flip = spec.flip and train
+        self.adapt = adapt
+        c0 = spec.shape[0]
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, c0, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, c0, 1, 1)
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = mean / std
+        self.replicate = adapt.channels // c0 if adapt.channels > c0 else 1
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.crop_pad or self.flip:
+            x = random_crop_flip(x, self.crop_pad, self.flip, generator)
+        if self.adapt.pad:
+            p = self.adapt.pad
+            x = F.pad(x, (p, p, p, p))
+        x = x.float()
+        if self.adapt.resize:
+            x = F.interpolate(x, size=self.adapt.size, mode="bilinear", align_corners=False, antialias=True)
+        x = torch.addcmul(-self.shift, x, self.scale)
+        if self.replicate > 1:
+            x = x.repeat(1, self.replicate, 1, 1)
+        return x
