@@ -1,0 +1,220 @@
+"""Tests of helper/grouping.py: the DP against brute force (T8), cka.md 5.3's worked example (T9),
+tie-breaking, the even/uniform/random splits and the automatic group count."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helper.grouping import (check_ends, choose_n_groups, contiguous_groups, even_split,
+                             group_objective, grouping_objective_curve, groups_from_ends,
+                             random_groups, uniform_groups)
+
+WORKED = [[1, .9, .8, .2, .1, .1], [.9, 1, .85, .25, .1, .1], [.8, .85, 1, .3, .2, .15],
+          [.2, .25, .3, 1, .7, .6], [.1, .1, .2, .7, 1, .9], [.1, .1, .15, .6, .9, 1]]
+
+
+def brute_force(s, n):
+    """Every contiguous partition (cut points in lexicographic order); keep the first best."""
+    s = np.asarray(s, np.float64)
+    num_layers = len(s)
+    best, best_ends = -math.inf, None
+    for cuts in itertools.combinations(range(1, num_layers), n - 1):
+        ends = list(cuts) + [num_layers]
+        score, start = 0.0, 0
+        for e in ends:
+            score += s[start:e, start:e].sum() / (e - start)
+            start = e
+        if score > best + 1e-9:
+            best, best_ends = score, ends
+    return best, best_ends
+
+
+def cka_like(num_layers, rng):
+    """A random PSD matrix with unit diagonal and smooth, block-ish structure, like a CKA matrix."""
+    walk = np.cumsum(rng.normal(size=(num_layers, 6)) * rng.uniform(0.2, 2.0), axis=0)
+    walk += rng.normal(size=(num_layers, 6)) * rng.uniform(0.0, 1.0)
+    v = np.abs(walk) + rng.uniform(0, 1)  # non-negative coordinates give non-negative similarity
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    s = v @ v.T
+    np.fill_diagonal(s, 1.0)
+    return s
+
+
+def blocks(sizes, within, between, rng=None, noise=0.0):
+    num_layers = sum(sizes)
+    s = np.full((num_layers, num_layers), float(between))
+    start = 0
+    for m in sizes:
+        s[start:start + m, start:start + m] = within
+        start += m
+    if rng is not None:
+        e = rng.uniform(-noise, noise, size=s.shape)
+        s = np.clip(s + (e + e.T) / 2, 0.0, 1.0)
+    np.fill_diagonal(s, 1.0)
+    return s
+
+
+def sizes_of(ends):
+    return np.diff([0] + list(ends)).tolist()
+
+
+# ----------------------------------------------------------------------------- T8, T9
+
+def test_dp_equals_brute_force():
+    rng = np.random.default_rng(0)
+    for num_layers in range(1, 11):
+        for _ in range(4):
+            s = cka_like(num_layers, rng)
+            curve = grouping_objective_curve(s)
+            assert len(curve) == num_layers
+            for n in range(1, num_layers + 1):
+                best, best_ends = brute_force(s, n)
+                ends = contiguous_groups(s, n)
+                assert ends == best_ends, (num_layers, n)
+                assert group_objective(s, ends) == pytest.approx(best, abs=1e-10)
+                assert curve[n - 1] == pytest.approx(best, abs=1e-10)
+
+
+def test_dp_equals_brute_force_on_tied_and_asymmetric_matrices():
+    # exact ties (quantised entries) exercise the lexicographic tie-break; an asymmetric S is
+    # handled through its block sums, exactly as the brute force sees it
+    rng = np.random.default_rng(1)
+    for num_layers in (4, 6, 8):
+        for _ in range(3):
+            s = rng.integers(0, 3, size=(num_layers, num_layers)) / 2.0
+            np.fill_diagonal(s, 1.0)
+            for n in range(1, num_layers + 1):
+                assert contiguous_groups(s, n) == brute_force(s, n)[1], (s, n)
+
+
+def test_worked_example():
+    expected = {1: (3.0833, [6]), 2: (5.1667, [3, 6]), 3: (5.6000, [3, 4, 6]), 4: (5.8000, [2, 3, 4, 6])}
+    curve = grouping_objective_curve(WORKED, 4)
+    for n, (j, ends) in expected.items():
+        assert contiguous_groups(WORKED, n) == ends
+        assert curve[n - 1] == pytest.approx(j, abs=1e-4)
+        assert group_objective(WORKED, ends) == pytest.approx(j, abs=1e-4)
+    assert grouping_objective_curve(WORKED)[-1] == pytest.approx(6.0)  # J(L) = trace
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 5, 9])
+def test_all_ties_give_smallest_cuts(num_layers):
+    for s in (np.ones((num_layers, num_layers)), np.eye(num_layers)):
+        for n in range(1, num_layers + 1):
+            assert contiguous_groups(s, n) == list(range(1, n)) + [num_layers]
+
+
+def test_torch_input_and_psd_curve_properties():
+    rng = np.random.default_rng(2)
+    s = cka_like(9, rng)
+    t = torch.tensor(s, dtype=torch.float32)
+    assert contiguous_groups(t, 4) == contiguous_groups(s.astype(np.float32).astype(np.float64), 4)
+    curve = grouping_objective_curve(s)
+    assert np.all(np.diff(curve) >= -1e-12)  # non-decreasing for a PSD S
+    assert curve[0] == pytest.approx(s.sum() / len(s))
+    assert curve[-1] == pytest.approx(len(s))
+
+
+# ----------------------------------------------------------------------------- splits
+
+def test_even_split_sizes():
+    assert sizes_of(even_split(17, 5)) == [4, 4, 3, 3, 3]
+    assert sizes_of(even_split(5, 3)) == [2, 2, 1]
+    assert even_split(6, 6) == [1, 2, 3, 4, 5, 6] and even_split(6, 1) == [6]
+    for num_layers in range(1, 25):
+        for n in range(1, num_layers + 1):
+            want = [len(a) for a in np.array_split(np.arange(num_layers), n)]
+            assert sizes_of(even_split(num_layers, n)) == want
+            assert uniform_groups(num_layers, n) == even_split(num_layers, n)
+
+
+def test_random_groups_valid_reproducible_and_uniform():
+    for num_layers in range(1, 12):
+        for n in range(1, num_layers + 1):
+            for seed in range(5):
+                ends = random_groups(num_layers, n, seed)
+                assert check_ends(ends, num_layers) == ends and len(ends) == n
+                assert all(isinstance(e, int) for e in ends)
+                assert random_groups(num_layers, n, seed) == ends
+    assert len({tuple(random_groups(12, 4, seed)) for seed in range(20)}) > 5
+    # every one of the C(4, 2) = 6 partitions of 5 layers into 3 groups is equally likely
+    rng = np.random.default_rng(3)
+    counts = {}
+    for _ in range(6000):
+        key = tuple(random_groups(5, 3, rng))
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 6 and all(800 < c < 1200 for c in counts.values())
+
+
+def test_groups_from_ends_and_check_ends():
+    assert groups_from_ends([3, 6]) == [range(0, 3), range(3, 6)]
+    for bad in ([3, 5], [0, 6], [3, 3, 6], [4, 2, 6], [], [2.5, 6]):
+        with pytest.raises(ValueError, match="group end|invalid group ends"):
+            check_ends(bad, 6)
+
+
+# ----------------------------------------------------------------------------- automatic n
+
+def test_choose_n_groups_finds_block_count():
+    rng = np.random.default_rng(4)
+    cases = [([4, 4, 4], 0.95, 0.1), ([4, 4, 4], 0.7, 0.1), ([3, 5, 2, 6], 0.85, 0.2),
+             ([6, 6], 0.9, 0.3), ([2, 3, 4, 3, 5], 0.9, 0.15), ([5, 2, 7], 0.8, 0.4)]
+    for sizes, within, between in cases:
+        s = blocks(sizes, within, between, rng, noise=0.05)
+        n = choose_n_groups(s)
+        assert n == len(sizes), (sizes, within, between, n)
+        assert contiguous_groups(s, n) == np.cumsum(sizes).tolist()
+        assert choose_n_groups(torch.tensor(s)) == n
+    assert choose_n_groups(WORKED) == 2  # the elbow of cka.md 5.3
+
+
+def test_choose_n_groups_threshold_rule_and_edge_cases():
+    j = grouping_objective_curve(WORKED)
+    r = (j - j[0]) / (6 - j[0])  # R(n) = (J(n) - J(1)) / (L - J(1))
+    for tau in (0.5, 0.7, 0.8, 0.9, 0.95, 1.0):
+        want = int(np.flatnonzero(r >= tau - 1e-12)[0]) + 1
+        assert choose_n_groups(WORKED, rule="threshold", tau=tau) == want
+    assert choose_n_groups(WORKED, rule="threshold", tau=0.9) == 4
+    assert choose_n_groups(WORKED, rule="threshold", tau=0.7) == 2
+    # n_max caps the answer
+    s = blocks([2, 2, 2, 2, 2], 0.95, 0.1)
+    assert choose_n_groups(s) == 5 and choose_n_groups(s, n_max=3) == 3
+    assert choose_n_groups(s, n_max=3, rule="threshold", tau=1.0) == 3
+    # nothing to gain by splitting (J(1) == L), or no structure at all: one group
+    assert choose_n_groups(np.ones((7, 7))) == 1
+    assert choose_n_groups(np.ones((7, 7)), rule="threshold") == 1
+    assert choose_n_groups(blocks([7], 0.6, 0.6)) == 1
+    assert choose_n_groups(np.ones((1, 1))) == 1
+
+
+# ----------------------------------------------------------------------------- validation
+
+def test_invalid_inputs_raise_clear_errors():
+    s = np.eye(5)
+    for n in (0, 6, -1):
+        with pytest.raises(ValueError, match="between 1 and 5"):
+            contiguous_groups(s, n)
+        with pytest.raises(ValueError, match="between 1 and 5"):
+            even_split(5, n)
+        with pytest.raises(ValueError, match="between 1 and 5"):
+            random_groups(5, n, 0)
+    for n in (2.5, True, "3"):
+        with pytest.raises(ValueError, match="integer"):
+            contiguous_groups(s, n)
+    with pytest.raises(ValueError, match="square"):
+        contiguous_groups(np.ones((3, 4)), 2)
+    with pytest.raises(ValueError, match="square"):
+        contiguous_groups(np.ones(3), 1)
+    bad = np.eye(4)
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        contiguous_groups(bad, 2)
+    with pytest.raises(ValueError, match="between 1 and 5"):
+        choose_n_groups(s, n_max=9)
+    with pytest.raises(ValueError, match="rule"):
+        choose_n_groups(s, rule="elbow")
+    with pytest.raises(ValueError, match="tau"):
+        choose_n_groups(s, rule="threshold", tau=1.5)
