@@ -17,6 +17,15 @@ from helper.cka import (MinibatchCKA, center_gram, centered_gram, cka_matrix, gr
                         linear_cka, pool_features, unit_gram)
 
 DTYPES = [torch.float64, torch.float32]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors here are tiny; one intra-op thread keeps the tests fast on a shared CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 
