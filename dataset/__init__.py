@@ -40,7 +40,7 @@ from .digits import load_digits_arrays
 from .folder import decode_folder, find_root, image_folder
 from .mnist import load_idx_dataset
 
-__all__ = ["DATASETS", "DataBundle", "get_dataloaders", "native_shape"]
+__all__ = ["DATASETS", "DataBundle", "get_dataloaders", "native_shape", "num_classes"]
 
 _CIFAR_AUG = dict(crop_pad=4, flip=True)
 
@@ -67,7 +67,12 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def native_shape(name: str) -> tuple:
+    """The (C, H, W) a dataset is stored at."""
     return _spec(name).shape
+
+
+def num_classes(name: str) -> int:
+    return _spec(name).num_classes
 
 
 def _spec(name: str) -> DatasetSpec:

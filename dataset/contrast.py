@@ -36,8 +36,12 @@ class ContrastSampler:
         self.order = torch.argsort(self.targets, stable=True)  # dataset positions grouped by class
         self.starts = torch.cumsum(self.counts, 0) - self.counts
         self.pool = len(self.targets) - self.counts  # negatives available per class
-        if bool((self.pool[self.counts > 0] == 0).any()):
+        present = self.pool[self.counts > 0]
+        if bool((present == 0).any()):
             raise ConfigError("CRD needs at least two classes in the training set to draw negatives")
+        # decided once on the host, so that a batch needs no device->host sync in the usual cases
+        self._all_subset = bool(present.min() >= k)
+        self._no_subset = bool(present.max() < k)
 
     def __call__(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B,) dataset positions -> (B, K+1) LongTensor on the sampler's device."""
@@ -52,8 +56,13 @@ class ContrastSampler:
             off = (r * self.counts[y]).long().clamp_max_(self.counts[y] - 1)
             pos = self.order[self.starts[y] + off]
         neg = torch.empty(b, self.k, dtype=torch.long, device=dev)
-        subset_rows = self.pool[y] >= self.k
-        rows = torch.nonzero(subset_rows).flatten()
+        all_rows = torch.arange(b, device=dev)
+        if self._all_subset or self._no_subset:
+            rows = all_rows if self._all_subset else all_rows[:0]
+            rest = all_rows[:0] if self._all_subset else all_rows
+        else:
+            subset_rows = self.pool[y] >= self.k
+            rows, rest = all_rows[subset_rows], all_rows[~subset_rows]
         if len(rows):
             n = len(self.targets)
             step = max(1, _CHUNK_ELEMS // max(n, 1))
@@ -62,8 +71,8 @@ class ContrastSampler:
                 keys = torch.rand(len(r), n, generator=generator, device=dev)
                 keys.masked_fill_(self.targets[None, :] == y[r, None], -1.0)
                 neg[r] = keys.topk(self.k, dim=1, sorted=False).indices
-        rows = torch.nonzero(~subset_rows).flatten()
-        if len(rows):  # with replacement: uniform over the other classes' samples, by skipping class y
+        if len(rest):  # with replacement: uniform over the other classes' samples, by skipping class y
+            rows = rest
             yr = y[rows]
             u = torch.rand(len(rows), self.k, generator=generator, device=dev)
             j = (u * self.pool[yr, None]).long().clamp_max_(self.pool[yr, None] - 1)
