@@ -44,6 +44,7 @@ class Cosine(Distiller):
         self.length = shorter
 
     def forward(self, s, t, batch):
-        x_s = pool_to_length(s.feats[-2].float().flatten(1), self.length)
-        x_t = pool_to_length(t.feats[-2].float().flatten(1), self.length)
-        return (1.0 - F.cosine_similarity(x_s, x_t, dim=1)).mean()
+        with torch.autocast(s.feats[-2].device.type, enabled=False):  # float32 under --amp
+            x_s = pool_to_length(s.feats[-2].float().flatten(1), self.length)
+            x_t = pool_to_length(t.feats[-2].float().flatten(1), self.length)
+            return (1.0 - F.cosine_similarity(x_s, x_t, dim=1)).mean()

@@ -113,8 +113,12 @@ class KDSVD(Distiller):
                    "map of this pair has (min(C, H*W))")
 
     def forward(self, s, t, batch):
+        with torch.autocast(s.feats[1].device.type, enabled=False):  # SVD and products in float32 under --amp
+            return self._loss(s.feats, t.feats)
+
+    def _loss(self, s_feats, t_feats):
         loss, prev = 0.0, None
-        for f_s, f_t in stage_pairs(s.feats, t.feats):
+        for f_s, f_t in stage_pairs(s_feats, t_feats):
             v_t, w_t = right_singular_vectors(f_t, self.k)
             v_t = v_t * torch.where(v_t.sum(1, keepdim=True) >= 0, 1.0, -1.0)   # canonical teacher sign
             v_s, _ = right_singular_vectors(f_s, self.k + 3, guard=True)

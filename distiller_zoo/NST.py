@@ -45,6 +45,7 @@ class NST(Distiller):
 
     def forward(self, s, t, batch):
         loss = 0.0
-        for f_s, f_t in stage_pairs(s.feats, t.feats):
-            loss = loss + nst_mmd(f_s, f_t)
+        with torch.autocast(s.feats[1].device.type, enabled=False):  # kernels in float32 under --amp
+            for f_s, f_t in stage_pairs(s.feats, t.feats):
+                loss = loss + nst_mmd(f_s, f_t)
         return loss

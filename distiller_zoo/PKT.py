@@ -32,5 +32,6 @@ class PKT(Distiller):
     recommended = "-c 1 -d 0 -b 30000"
 
     def forward(self, s, t, batch):
-        p_s, p_t = pkt_probabilities(s.feats[-1]), pkt_probabilities(t.feats[-1])
-        return (p_t * torch.log((p_t + EPS) / (p_s + EPS))).mean()
+        with torch.autocast(s.feats[-1].device.type, enabled=False):  # similarities in float32 under --amp
+            p_s, p_t = pkt_probabilities(s.feats[-1]), pkt_probabilities(t.feats[-1])
+            return (p_t * torch.log((p_t + EPS) / (p_s + EPS))).mean()

@@ -61,6 +61,7 @@ class RKD(Distiller):
         x_s, x_t = s.feats[-1].float().flatten(1), t.feats[-1].float().flatten(1)
         if x_s.shape[0] < 2:  # no pair to relate (a last batch of one): zero, graph kept for DDP
             return x_s.sum() * 0.0
-        loss_d = F.smooth_l1_loss(normalized_distances(x_s), normalized_distances(x_t))
-        loss_a = F.smooth_l1_loss(triplet_angles(x_s), triplet_angles(x_t))
+        with torch.autocast(x_s.device.type, enabled=False):  # distances and cosines in float32 under --amp
+            loss_d = F.smooth_l1_loss(normalized_distances(x_s), normalized_distances(x_t))
+            loss_a = F.smooth_l1_loss(triplet_angles(x_s), triplet_angles(x_t))
         return self.w_dist * loss_d + self.w_angle * loss_a
