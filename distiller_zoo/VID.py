@@ -31,11 +31,9 @@ def conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
 class VIDPair(nn.Module):
     """One stage pair: the mean regressor and the per-channel log-scale of the variance."""
 
-    def __init__(self, c_s: int, c_t: int, c_mid: int | None = None, init_var: float = 5.0, eps: float = 1e-5):
+    def __init__(self, c_s: int, c_t: int, init_var: float = 5.0, eps: float = 1e-5):
         super().__init__()
-        c_mid = c_t if c_mid is None else c_mid
-        self.regressor = nn.Sequential(conv1x1(c_s, c_mid), nn.ReLU(), conv1x1(c_mid, c_mid), nn.ReLU(),
-                                       conv1x1(c_mid, c_t))
+        self.regressor = nn.Sequential(conv1x1(c_s, c_t), nn.ReLU(), conv1x1(c_t, c_t), nn.ReLU(), conv1x1(c_t, c_t))
         # softplus(alpha) + eps = init_var  <=>  alpha = log(exp(init_var - eps) - 1)
         self.log_scale = nn.Parameter(torch.full((c_t,), math.log(math.expm1(init_var - eps))))
         self.eps = eps
