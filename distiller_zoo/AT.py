@@ -23,7 +23,7 @@ from . import register
 from .base import Distiller, refuse
 
 
-# ---- helpers shared by the stage-wise methods (AT, NST, VID) ------------------------------------------
+# ---- helpers shared by the stage-wise methods (AT, NST, VID, KDSVD) -------------------------------------
 
 def stage_pairs(s_feats: list, t_feats: list) -> list:
     """(student, teacher) stage outputs ``feats[1:-1]``, paired in order; the longer list is cut."""
