@@ -32,7 +32,7 @@ import torch
 
 from helper.errors import ConfigError
 
-from .base import (ArraySplit, DatasetSpec, default_train_sampler, per_rank_batch, plan_adaptation,
+from .base import (DatasetSpec, default_train_sampler, per_rank_batch, plan_adaptation,
                    stratified_subset)
 from .cifar import load_cifar
 from .contrast import ContrastSampler

@@ -52,6 +52,15 @@ def epoch_batches(bundle, epoch):
     return [tuple(t.cpu() for t in b) for b in bundle.train_loader]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors on a shared CPU: one intra-op thread is faster and does not fight other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---------------------------------------------------------------- generated datasets
 N_IDX_TRAIN, N_IDX_TEST = 240, 100
 
@@ -335,6 +344,18 @@ def test_order_and_augmentation_are_functions_of_seed_and_epoch(roots, loader):
     other = get_dataloaders(make_opt(**{**vars(opt), "loader": "torch" if loader == "tensor" else "tensor"}),
                             (3, 32, 32))
     assert torch.equal(torch.cat([b[2] for b in epoch_batches(other, 3)]), torch.cat([b[2] for b in resumed]))
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_augmentation_changes_with_epoch_for_a_fixed_order(roots, loader):
+    fixed = list(range(64))  # a plain list is a sampler without set_epoch: same order every epoch
+    b = get_dataloaders(make_opt(dataset="cifar10", data_folder=roots["ramp"], loader=loader, batch_size=64),
+                        (3, 32, 32), train_sampler=fixed)
+    (x3, _, i3), = epoch_batches(b, 3)
+    (x4, _, i4), = epoch_batches(b, 4)
+    (x3b, _, _), = epoch_batches(b, 3)
+    assert i3.tolist() == i4.tolist() == fixed and torch.equal(x3, x3b)
+    assert (x3 != x4).flatten(1).any(1).float().mean() > 0.8  # fresh crops/flips for most samples
 
 
 def test_torch_loader_augmentation_independent_of_workers(roots):
