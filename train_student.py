@@ -165,7 +165,7 @@ def main_worker(opt, local_rank=None):
                        t_probe=probe(model_t, needs, student.input_shape, device), model_s=student,
                        model_t=model_t, num_classes=num_classes, n_train=data.n_train,
                        local_batch_size=opt.batch_size // opt.world_size, train_targets=data.train_targets,
-                       device=device)
+                       device=device, plain_train_images=data.plain_train_images)
     distiller = build_distiller(opt.distill, ctx).to(device)
     if distiller.has_loss and opt.beta == 0:
         raise ConfigError(f"--distill {opt.distill} trains through its own loss, whose weight -b/--beta is 0; "
@@ -192,6 +192,7 @@ def main_worker(opt, local_rank=None):
         inner.student.load_state_dict(ckpt["model"])
         distiller.load_state_dict(ckpt["distiller"])
         teacher.load_state_dict(ckpt.get("teacher"))
+    distiller.prepare(logger.print)
     if distiller.init_stage and opt.init_epochs > 0:
         if ckpt is None or not ckpt.get("init_done", False):
             run_init_stage(opt, inner, lambda: wrap_ddp(inner, opt, device), teacher, data, device, logger)

@@ -94,8 +94,16 @@ class DataBundle:
     dataset: str
     input_shape: tuple
 
+    plain_train: Any = None  # callable n -> iterable of un-augmented training image batches
+
     def set_epoch(self, epoch: int) -> None:
         self.train_loader.set_epoch(epoch)
+
+    def plain_train_images(self, n: int):
+        """The first ``n`` images of a seeded shuffle of the training set, without augmentation, in
+        batches on the training device: one-time statistics before training (cka_group's grouping).
+        The same images on every rank, whatever the world size."""
+        return self.plain_train(n)
 
 
 class _ArrayFetch:
@@ -202,9 +210,13 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
                                          sampler=sampler, seed=seed, rank=rank, drop_last=drop_last,
                                          contrast=contrast_sampler)
         vx, vy = to_device_nchw(val_arr, device)
-        val_loader = TensorValLoader(vx, vy, BatchTransform(spec, adapt, device, train=False), batch_size=batch,
-                                     rank=rank, world_size=world_size)
+        val_tf = BatchTransform(spec, adapt, device, train=False)
+        val_loader = TensorValLoader(vx, vy, val_tf, batch_size=batch, rank=rank, world_size=world_size)
         n_val = len(val_arr)
+
+        def plain_train(n):
+            for chunk in _plain_order(n_train, n, seed).split(batch):
+                yield val_tf(x[chunk.to(x.device)])
     else:
         from .torch_loader import SeededTransformDataset, TorchTrainLoader, make_val_loader
         from .transforms import pil_transforms
@@ -225,7 +237,22 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
         val_loader = make_val_loader(val_set, batch_size=batch, num_workers=num_workers, device=device, seed=seed,
                                      rank=rank, world_size=world_size)
         n_val = len(val_targets)
+        plain_set = SeededTransformDataset(fetch_train, train_targets_np, pil_transforms(spec, adapt, False), seed,
+                                           train=False)
+
+        def plain_train(n):
+            idx = _plain_order(n_train, n, seed).tolist()
+            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(plain_set, idx), batch_size=batch,
+                                                 num_workers=min(num_workers, 4))
+            for images, *_ in loader:
+                yield images.to(device, non_blocking=True)
 
     return DataBundle(train_loader=train_loader, val_loader=val_loader, num_classes=spec.num_classes,
                       n_train=n_train, train_targets=train_targets, n_val=n_val, loader=kind, dataset=spec.name,
-                      input_shape=(adapt.channels,) + tuple(adapt.size))
+                      input_shape=(adapt.channels,) + tuple(adapt.size), plain_train=plain_train)
+
+
+def _plain_order(n_train: int, n: int, seed: int) -> torch.Tensor:
+    """A seeded shuffle of the training positions, cut to the first ``n`` (all if n >= n_train)."""
+    g = torch.Generator().manual_seed(int(seed) + 7919)
+    return torch.randperm(n_train, generator=g)[:max(0, min(int(n), n_train))]
