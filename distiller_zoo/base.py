@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -53,6 +53,9 @@ class BuildContext:
     reading structure (``get_classifier()``, ``layer_names()``) and must never become submodules
     of the distiller (copy what you keep, frozen). ``local_batch_size``: the per-process batch.
     ``train_targets``: labels of the whole training set in dataset-index order (CRD negatives).
+    ``plain_train_images(n)``: an iterable of image batches (no augmentation, fixed order) covering
+    the first ``n`` images of a seeded shuffle of the training set, for one-time statistics
+    computed before training (cka_group's teacher CKA matrix).
     """
     opt: argparse.Namespace
     s_probe: Outputs
@@ -64,6 +67,7 @@ class BuildContext:
     local_batch_size: int
     train_targets: Optional[torch.Tensor] = None
     device: torch.device = torch.device("cpu")
+    plain_train_images: Optional[Callable[[int], Iterable[torch.Tensor]]] = None
 
 
 class Distiller(nn.Module):
@@ -111,6 +115,10 @@ class Distiller(nn.Module):
 
     def after_step(self, s: Outputs, t: Outputs, batch: Batch) -> None:
         """Called after the optimiser step, with no grad (CRD updates its memory bank here)."""
+
+    def prepare(self, log=print) -> None:
+        """One-time set-up that needs data or the teacher, run after a resumed state is loaded and
+        before any training (cka_group's grouping pass); state restored from a checkpoint is reused."""
 
     def log_tensorboard(self, writer, epoch: int) -> None:
         """Method-specific diagnostics, once per epoch on rank 0 (cka_group's CKA curves)."""
