@@ -74,3 +74,13 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
 def all_reduce_sum(x: torch.Tensor) -> None:
     import torch.distributed as dist
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
+
+
+def broadcast_from_rank0(tensors) -> None:
+    """Make ``tensors`` equal to rank 0's on every rank (in place). No-op on one process."""
+    n, _ = world()
+    if n == 1:
+        return
+    import torch.distributed as dist
+    for x in tensors:
+        dist.broadcast(x, src=0)
