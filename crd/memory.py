@@ -14,7 +14,10 @@ forward of this object, so a restored Z survives. Update (no grad): ``mem[y] <- 
 The scores are computed one of two exact ways (``scores=``): ``gather`` is RepDistiller's (copy the B(K+1)
 bank rows, then a batched dot product: 2 x B x (K+1) x d floats moved per step); ``matmul`` scores every bank
 row once (``v @ memory.T``, B x N) and gathers the scores, cheaper whenever N (d + B) < B (K+1) d (CIFAR:
-N = 50,000 against 64 x 16,385). ``auto`` picks by that rule; see ``use_matmul``.
+N = 50,000 against 64 x 16,385). ``auto`` picks by that rule; see ``use_matmul``. Measured on one CPU
+thread (B 64, K 16,384, d 128, forward + backward of both views): N = 50,000: matmul 136 ms, gather 2,413 ms;
+N = 1,281,167: matmul 3,971 ms, gather 2,611 ms. Drawing the batch's negatives in-batch takes ~20 ms there,
+against ~57 ms for 64 per-sample ``np.random.choice`` calls as RepDistiller's loader makes.
 """
 from __future__ import annotations
 

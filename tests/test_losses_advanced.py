@@ -387,9 +387,8 @@ def test_crd_distiller_step_draws_updates_and_restores():
     assert d.draws == 1
     loss.backward()
     assert d.criterion.embed_s.linear.weight.grad is not None and d.criterion.embed_t.linear.weight.grad is not None
-    with torch.no_grad():
+    with torch.no_grad():   # after the step: mem[y] <- l2norm(0.5 mem[y] + 0.5 v) for each view's own bank
         d.after_step(s, t, batch)
-    with torch.no_grad():   # mem[y] <- l2norm(0.5 mem[y] + 0.5 v) for each view's own bank
         for head, f, bank in ((d.criterion.embed_s, s.feats[-1], "memory_s"), (d.criterion.embed_t, t.feats[-1],
                                                                                "memory_t")):
             v = F.normalize(head.linear(f), dim=1)
