@@ -175,12 +175,13 @@ def main_worker(opt, local_rank=None):
     inner = place(DistillStudent(student, distiller, opt), opt, device)
     logger = RunLogger(opt.save_folder, opt.tb_folder)
 
+    tf = distiller.layer_transform
     if opt.kd_mode == "offline":
-        teacher = FrozenTeacher(model_t, needs)
+        teacher = FrozenTeacher(model_t, needs, layer_transform=tf)
     elif opt.kd_mode == "self":
-        teacher = EMATeacher(student, needs, decay=opt.self_ema)
+        teacher = EMATeacher(student, needs, decay=opt.self_ema, layer_transform=tf)
     else:
-        teacher = PeerTeacher(model_t, needs)
+        teacher = PeerTeacher(model_t, needs, layer_transform=tf)
         teacher.wrapped = wrap_ddp(model_t, opt, device)
     teacher_acc = None
     if opt.kd_mode == "offline" and not opt.skip_validation:

@@ -23,6 +23,7 @@ the CKA of the global batch; DDP's gradient averaging then gives the single-proc
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -94,6 +95,7 @@ class CKAGroup(Distiller):
         self.L_t = len(ctx.t_probe.layers)
         self.unbiased = opt.cka_estimator == "unbiased"
         self.pool = opt.cka_pool if opt.cka_pool > 0 else None
+        self.layer_transform = functools.partial(pool_features, size=self.pool) if self.pool else None
         self.reduce = opt.cka_reduce
         self.gather = bool(opt.cka_gather)
         b = ctx.local_batch_size * (opt.world_size if self.gather else 1)

@@ -82,9 +82,12 @@ class Distiller(nn.Module):
       init_stage  True if ``init_epochs`` of ``init_loss`` run before the main training.
       drop_last   True if every batch must have the full batch size (batch-sized modules, CKA).
       logits_need_feats  True if :meth:`logits` reads student features (SimKD's classifier path).
+    An instance may set ``layer_transform`` (e.g. spatial pooling): block outputs are reduced as they
+    are recorded, so the full-size maps are freed at once instead of piling up for the whole forward.
     """
 
     needs: frozenset = frozenset({"feats"})
+    layer_transform = None  # applied to each block output inside the recording hook ("layers")
     has_loss: bool = True
     init_stage: bool = False
     drop_last: bool = False

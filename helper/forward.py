@@ -15,12 +15,12 @@ from models.layers import LayerRecorder
 class ModelRunner:
     """Calls ``model`` so that it yields exactly what ``needs`` asks for."""
 
-    def __init__(self, model: nn.Module, needs=frozenset()):
+    def __init__(self, model: nn.Module, needs=frozenset(), layer_transform=None):
         self.model = model
         self.needs = frozenset(needs)
         self.is_feat = bool(self.needs & {"feats", "preact"})
         self.preact = "preact" in self.needs
-        self.recorder = LayerRecorder(model) if "layers" in self.needs else None
+        self.recorder = LayerRecorder(model, transform=layer_transform) if "layers" in self.needs else None
 
     def __call__(self, x: torch.Tensor, model: nn.Module | None = None) -> Outputs:
         """``model``: the same network wrapped (DDP, compiled); hooks live on the inner module."""

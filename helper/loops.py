@@ -36,7 +36,7 @@ class DistillStudent(nn.Module):
         needs = distiller.needs if distiller is not None else frozenset()
         if distiller is not None and distiller.logits_need_feats:
             needs = needs | {"feats"}
-        self.runner = ModelRunner(student, needs)
+        self.runner = ModelRunner(student, needs, getattr(distiller, "layer_transform", None))
         self.opt = opt
 
     def logits(self, s: Outputs) -> torch.Tensor:

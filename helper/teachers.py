@@ -25,11 +25,11 @@ class FrozenTeacher:
 
     trainable = False
 
-    def __init__(self, model: nn.Module, needs=frozenset(), inference_mode: bool = True):
+    def __init__(self, model: nn.Module, needs=frozenset(), inference_mode: bool = True, layer_transform=None):
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.runner = ModelRunner(self.model, needs)
+        self.runner = ModelRunner(self.model, needs, layer_transform)
         self.inference_mode = inference_mode
 
     def outputs(self, x: torch.Tensor):
@@ -61,12 +61,12 @@ class FrozenTeacher:
 class EMATeacher(FrozenTeacher):
     """Self-distillation: the teacher is ``decay``-EMA of the student's weights (buffers copied)."""
 
-    def __init__(self, student: nn.Module, needs=frozenset(), decay: float = 0.999):
+    def __init__(self, student: nn.Module, needs=frozenset(), decay: float = 0.999, layer_transform=None):
         ema = copy.deepcopy(student)
         for m in ema.modules():  # the copy must not fire the student's layer-recording hooks
             m._forward_hooks.clear()
             m._forward_pre_hooks.clear()
-        super().__init__(ema, needs, inference_mode=True)
+        super().__init__(ema, needs, inference_mode=True, layer_transform=layer_transform)
         self.decay = decay
 
     @torch.no_grad()
@@ -90,9 +90,9 @@ class PeerTeacher:
 
     trainable = True
 
-    def __init__(self, model: nn.Module, needs=frozenset()):
+    def __init__(self, model: nn.Module, needs=frozenset(), layer_transform=None):
         self.model = model
-        self.runner = ModelRunner(model, needs)
+        self.runner = ModelRunner(model, needs, layer_transform)
         self.wrapped = model  # replaced by a DDP wrapper under torch.distributed
 
     def outputs(self, x: torch.Tensor):

@@ -38,11 +38,12 @@ class LayerRecorder:
         layers = rec.layers          # list of tensors, in forward order
 
     Hooks stay registered for the recorder's life but do nothing outside ``with``; call
-    :meth:`remove` to detach them. Layers keep their autograd graph (student) or not (teacher under
+    :meth:`remove` to detach them. ``transform`` (e.g. spatial pooling) is applied inside the hook, so a
+    consumer that needs only a reduced view never keeps every full-size block output alive at once. Layers keep their autograd graph (student) or not (teacher under
     no_grad / inference_mode), exactly like the model's own outputs.
     """
 
-    def __init__(self, model: nn.Module, names: list[str] | None = None):
+    def __init__(self, model: nn.Module, names: list[str] | None = None, transform=None):
         inner = getattr(model, "module", model)  # DDP / DataParallel wrappers
         self.names = list(names if names is not None else inner.layer_names())
         modules = dict(inner.named_modules())
@@ -50,12 +51,14 @@ class LayerRecorder:
         if missing:
             raise ValueError(f"{type(inner).__name__}.layer_names() lists modules it does not have: {missing}")
         self._active = False
+        self._transform = transform
         self._store: list[torch.Tensor] = []
         self._handles = [modules[n].register_forward_hook(self._hook) for n in self.names]
 
     def _hook(self, module, inputs, output):
         if self._active:
-            self._store.append(_first_tensor(output))
+            out = _first_tensor(output)
+            self._store.append(out if self._transform is None else self._transform(out))
 
     def __enter__(self):
         self._store = []

@@ -65,7 +65,7 @@ def build(name: str, stage: str = "main"):
     if stage == "main" and cls.init_stage:
         distiller.finish_init()  # as the loop does after the init stage
     inner = DistillStudent(student, distiller, opt)
-    teacher = FrozenTeacher(teacher_net, cls.needs)
+    teacher = FrozenTeacher(teacher_net, cls.needs, layer_transform=distiller.layer_transform)
     batch = Batch(images=images[:B], targets=targets[:B], index=torch.arange(B))
     return opt, inner, teacher, batch
 
