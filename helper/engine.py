@@ -106,7 +106,7 @@ def fit(opt, *, inner: nn.Module, step_module: nn.Module, teacher, optimizer, da
         tr = train_one_epoch(epoch, data.train_loader, step_module, inner, teacher, optimizer, opt, device,
                              log=logger.print, mixup=mixup)
         val = validate(inner.predict, data.val_loader, device, opt)
-        is_best = val["acc1"] > best_acc
+        is_best = best_epoch == 0 or val["acc1"] > best_acc  # the first epoch is always a best
         if is_best:
             best_acc, best_epoch = val["acc1"], epoch
         logger.print(f"epoch {epoch}/{opt.epochs} train loss {tr['loss']:.4f} acc@1 {tr['acc1']:.2f} | "
