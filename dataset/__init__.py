@@ -11,6 +11,9 @@ Loaders (``opt.loader``):
   fashionmnist, digits; also usable for cinic10 (decoded into memory at start-up).
 * ``'torch'`` (:mod:`dataset.torch_loader`): DataLoader + PIL + torchvision transforms. Default for the
   folder datasets cinic10 and imagenet (the only choice for imagenet).
+* ``'dali'`` (:mod:`dataset.dali`, ``opt.dali`` = 'cpu' or 'gpu', replaces ``opt.loader``): NVIDIA DALI
+  pipelines for cifar10/100, cinic10 and imagenet, same batches and sampler order; no CRD. ``nvidia.dali``
+  is imported only then.
 
 Train batches: ``(images, targets, index)``, or ``(images, targets, index, contrast_idx)`` with
 ``contrast=True`` (CRD); ``index`` is the position in the training set (after ``--train_subset``, which
@@ -90,7 +93,7 @@ class DataBundle:
     n_train: int
     train_targets: torch.Tensor  # (n_train,) int64, CPU, in dataset index order
     n_val: int
-    loader: str  # 'tensor' or 'torch'
+    loader: str  # 'tensor', 'torch' or 'dali'
     dataset: str
     input_shape: tuple
 
@@ -159,6 +162,12 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
         raise ConfigError(f"rank {rank} is outside world size {world_size}")
     batch = per_rank_batch(getattr(opt, "batch_size", 64), world_size)
     kind = _choose_loader(spec, getattr(opt, "loader", "auto") or "auto")
+    dali_mode = getattr(opt, "dali", None)
+    if dali_mode:  # DALI serves train/val; the torch path below still builds plain_train
+        from .dali import check_dali
+
+        dali = check_dali(dali_mode, spec, device, contrast=contrast, loader=getattr(opt, "loader", "auto"))
+        kind = "torch"
     data_folder = getattr(opt, "data_folder", None) or "./data"
     download = bool(getattr(opt, "download", False))
     seed = getattr(opt, "seed", 0)
@@ -246,6 +255,16 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
                                                  num_workers=min(num_workers, 4))
             for images, *_ in loader:
                 yield images.to(device, non_blocking=True)
+
+    if dali_mode:
+        from .dali import dali_loaders
+
+        src = (lambda f: f.images) if train_arr is not None else (lambda f: f.paths)
+        train_loader, val_loader = dali_loaders(
+            dali_mode, spec, dali, train_source=src(fetch_train), val_source=src(fetch_val),
+            train_targets=train_targets_np, val_targets=val_targets, sampler=sampler, batch_size=batch, seed=seed,
+            rank=rank, world_size=world_size, drop_last=drop_last, num_threads=num_workers, device=device)
+        kind = "dali"
 
     return DataBundle(train_loader=train_loader, val_loader=val_loader, num_classes=spec.num_classes,
                       n_train=n_train, train_targets=train_targets, n_val=n_val, loader=kind, dataset=spec.name,
