@@ -1,0 +1,107 @@
+"""The README's main job: on Fashion-MNIST, train a small teacher, then students with no
+distillation (baseline), KD and cka_group, and print their test accuracies.
+
+    python scripts/main_job.py                 # the default: about 10 minutes on 2 CPU cores
+    python scripts/main_job.py --train_subset 0 --epochs_t 30 --epochs_s 30 --device cuda   # full data
+
+Every run goes through train_teacher.py / train_student.py (their main functions), so what this prints
+is what those scripts produce; run folders land under --save_dir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import train_student  # noqa: E402
+import train_teacher  # noqa: E402
+from helper.checkpoint import SPLIT  # noqa: E402
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="resnet20")
+    p.add_argument("--student", default="resnet8")
+    p.add_argument("--train_subset", type=int, default=10000, help="training images (0: all 60,000)")
+    p.add_argument("--epochs_t", type=int, default=8)
+    p.add_argument("--epochs_s", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--cka_beta", type=float, default=1.0, help="-b of cka_group")
+    p.add_argument("--data_folder", default="./data")
+    p.add_argument("--save_dir", default="./save/main_job")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trial", default="0")
+    return p.parse_args()
+
+
+def schedule(epochs: int) -> list:
+    """RepDistiller's step decay, compressed: x0.1 at 5/8, 3/4 and 7/8 of the run (150/180/210 of 240)."""
+    return sorted({max(1, round(epochs * f)) for f in (0.625, 0.75, 0.875)})
+
+
+def common(a, epochs) -> list:
+    return ["--dataset", "fashionmnist", "--data_folder", a.data_folder, "--train_subset", str(a.train_subset),
+            "--epochs", str(epochs), "--lr_decay_epochs", ",".join(map(str, schedule(epochs))),
+            "--batch_size", str(a.batch_size), "--save_dir", a.save_dir, "--device", a.device,
+            "--print_freq", "0", "--save_freq", "0"]
+
+
+def run(fn, argv) -> None:
+    try:
+        fn(argv)
+    except SystemExit as e:  # a ConfigError already printed its one line
+        if e.code not in (0, None):
+            raise SystemExit(e.code) from None
+
+
+def summary(folder: str) -> dict:
+    with open(os.path.join(folder, "summary.json")) as f:
+        return json.load(f)
+
+
+def main():
+    a = parse()
+    t0 = time.time()
+    rows = []
+    teacher_dir = os.path.join(a.save_dir, "teachers", "models",
+                               f"{a.teacher}_vanilla_fashionmnist_trial_{a.trial}")
+    print(f"==> [1/4] teacher {a.teacher}: {a.epochs_t} epochs", flush=True)
+    run(train_teacher.main, ["--model", a.teacher, "--trial", a.trial] + common(a, a.epochs_t))
+    rows.append(("teacher", a.teacher, summary(teacher_dir)))
+
+    print(f"==> [2/4] baseline: {a.student} without distillation", flush=True)
+    run(train_teacher.main, ["--model", a.student, "--trial", a.trial] + common(a, a.epochs_s))
+    rows.append(("baseline (CE)", a.student, summary(os.path.join(
+        a.save_dir, "teachers", "models", f"{a.student}_vanilla_fashionmnist_trial_{a.trial}"))))
+
+    path_t = os.path.join(teacher_dir, f"{a.teacher}_best.pth")
+    for i, (label, distill, weights) in enumerate([
+            ("kd", "kd", ["-c", "0.1", "-d", "0.9", "-b", "0"]),
+            ("cka_group", "cka_group", ["-c", "1", "-d", "1", "-b", str(a.cka_beta)])], start=3):
+        print(f"==> [{i}/4] {label}: {a.teacher} -> {a.student}", flush=True)
+        argv = ["--path_t", path_t, "--model_s", a.student, "--distill", distill, "--trial", a.trial,
+                "--skip-validation"] + weights + common(a, a.epochs_s)
+        run(train_student.main, argv)
+        opt = train_student.parse_option(argv)
+        train_student.name_run(opt, a.teacher)
+        rows.append((label, a.student, summary(opt.save_folder)))
+
+    n = a.train_subset or 60000
+    print(f"\nFashion-MNIST, {n} training images, full 10,000-image test set; "
+          f"teacher {a.epochs_t} epochs, students {a.epochs_s} epochs, batch {a.batch_size}, seed from trial {a.trial}")
+    print(f"| {'run':<14} | {'model':<10} | {'best top-1':>10} | {'last top-1':>10} | {'train time':>10} |")
+    print(f"|{'-' * 16}|{'-' * 12}|{'-' * 12}|{'-' * 12}|{'-' * 12}|")
+    for label, model, s in rows:
+        print(f"| {label:<14} | {model:<10} | {s['best_acc']:>10.2f} | {s['last_acc']:>10.2f} | "
+              f"{s['train_time_s']:>9.0f}s |")
+    print(f"\ntotal {time.time() - t0:.0f}s; run folders under {a.save_dir} "
+          f"(student folders are named S{SPLIT}<student>_T{SPLIT}<teacher>_...)")
+
+
+if __name__ == "__main__":
+    main()
