@@ -81,6 +81,16 @@ def roots(tmp_path_factory):
     pos = np.repeat((10 + np.arange(N_POS, dtype=np.uint8))[:, None], 32 * 32 * 3, 1).reshape(N_POS, 32, 32, 3)
     r["pos"] = make_cifar(base / "pos", "cifar100", train_images=pos, test_images=pos[:100], seed=1)
     r["rand"] = make_cifar(base / "rand", "cifar100", n_train=300, n_test=50, seed=3)
+    # cinic10 layout (train/valid/test class folders) of ramp PNGs: the fn.slice crop path of folder datasets
+    from PIL import Image
+
+    for split, n in (("train", 150), ("valid", 1), ("test", 4)):
+        for c in range(2):
+            d = base / "cinic" / split / f"class{c}"
+            os.makedirs(d)
+            for k in range(n):
+                Image.fromarray(ramp[k]).save(d / f"img{k:03d}.png")
+    r["cinic"] = str(base / "cinic")
     r["imagenet"] = make_image_folder(base / "imagenet", ("train", "val"), n_classes=3, n_per_class=5,
                                       size=(40, 48), seed=6)
     return r
@@ -169,9 +179,9 @@ def test_cifar_batches_have_the_other_loaders_format(roots):
     assert plain.shape == (50, 3, 32, 32)
 
 
-def _recover(x):
+def _recover(x, name="cifar10"):
     """Crop offsets (dx, dy), flips and padded-left-column flags of ramp images (see fixture)."""
-    u = denorm(x, "cifar10").astype(np.int64)
+    u = denorm(x, name).astype(np.int64)
     src_a, src_b = (u[:, 0, 16, 14] - 20) / 7, (u[:, 0, 16, 17] - 20) / 7
     assert np.all(u[:, 0, 16, 14] > 0) and np.allclose(src_a, np.round(src_a))
     flipped = src_a > src_b
@@ -208,6 +218,30 @@ def test_cifar_crop_flip_and_image_statistics_match_the_tensor_loader(roots):
     (m_dali, s_dali), (m_tensor, s_tensor) = out["cpu"], out[None]
     assert torch.allclose(m_dali, m_tensor, atol=0.04), (m_dali, m_tensor)
     assert torch.allclose(s_dali, s_tensor, atol=0.04), (s_dali, s_tensor)
+
+
+@needs_dali
+def test_cinic10_folder_crop_flip_statistics(roots):
+    b = get_dataloaders(make_opt(dataset="cinic10", data_folder=roots["cinic"], batch_size=100), (3, 32, 32))
+    t = get_dataloaders(make_opt(dataset="cinic10", data_folder=roots["cinic"], batch_size=100, dali=None,
+                                 num_workers=0), (3, 32, 32))
+    assert (b.n_train, b.n_val) == (300, 8)
+    xs = []
+    for e in range(3):
+        got = epoch_batches(b, e)
+        assert torch.equal(torch.cat([g[2] for g in got]), torch.cat([g[2] for g in epoch_batches(t, e)]))
+        assert all(torch.equal(b.train_targets[i], y) for _, y, i in got)
+        xs.append(torch.cat([g[0] for g in got]))
+    dx, dy, flipped, left_pad = _recover(torch.cat(xs), "cinic10")  # 900 samples: 4 sigma is about 0.07
+    assert abs(left_pad.mean() - 4 / 9) < 0.07 and abs(flipped.mean() - 0.5) < 0.07, (left_pad.mean(), flipped.mean())
+    assert dx.min() == dy.min() == 0 and dx.max() == dy.max() == 8
+    assert stats.chisquare(np.bincount(dx, minlength=9)).pvalue > 1e-4
+    assert stats.chisquare(np.bincount(dy, minlength=9)).pvalue > 1e-4
+    (vx, vy), = b.val_loader
+    (tx, ty), = t.val_loader
+    # lossless PNG, no augmentation: the same pixels (normalised in another float order)
+    assert torch.equal(vy, ty) and torch.allclose(vx, tx, atol=1e-5)
+    assert np.array_equal(denorm(vx, "cinic10"), denorm(tx, "cinic10"))
 
 
 # ---------------------------------------------------------------- order, sharding, reproducibility
