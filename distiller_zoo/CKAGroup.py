@@ -17,9 +17,15 @@ Layers are block outputs (models/layers.py). Maps are average-pooled to ``--cka_
 feature dimension, whose size otherwise pushes the biased estimator towards 1 for any pair
 (README, "What the CKA loss sees").
 
-Under DDP each rank sees its local batch (batch_size / world_size) unless ``--cka_gather``, which
-all-gathers the (pooled) layer features, with gradients for the student's, so every rank computes
-the CKA of the global batch; DDP's gradient averaging then gives the single-process gradient.
+Under DDP each rank computes the CKA of its local batch (batch_size / world_size) unless ``--cka_gather``.
+CKA is a batch statistic, so that is a different estimator from the single-process one: the mean over
+ranks of per-rank CKAs is not the CKA of the global batch, its variance grows as the per-rank batch
+shrinks, and the biased (HSIC_0) estimator's bias, O(1/batch), grows with it (the unbiased HSIC_1 estimate
+is unbiased for HSIC, though the CKA ratio keeps a small bias). ``--cka_gather`` all-gathers the (pooled)
+layer features, with gradients for the student's (helper.distributed.all_gather_with_grad), so every rank
+computes the CKA of the global batch; DDP's gradient averaging then gives the single-process gradient
+(tests/test_distributed.py checks 2 x 8 against 1 x 16). The gather costs one all-gather of the pooled
+layers per step, and an all-reduce of their gradients.
 """
 from __future__ import annotations
 
@@ -45,8 +51,7 @@ def _gather(x: torch.Tensor, with_grad: bool) -> torch.Tensor:
     if not dist_util.is_dist() or dist_util.world_size() == 1:
         return x
     if with_grad:
-        from torch.distributed.nn.functional import all_gather
-        return torch.cat(all_gather(x.contiguous()), dim=0)
+        return dist_util.all_gather_with_grad(x)
     parts = [torch.empty_like(x) for _ in range(dist_util.world_size())]
     torch.distributed.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
@@ -84,7 +89,10 @@ class CKAGroup(Distiller):
         g.add_argument("--cka_group_weights", default="uniform",
                        help="'uniform', 'size' (teacher group sizes) or n comma-separated weights")
         g.add_argument("--cka_gather", action="store_true",
-                       help="DDP: compute CKA on the global batch (all-gather features) instead of per rank")
+                       help="DDP: every rank computes CKA on the global batch (layer features all-gathered, "
+                            "with gradients). Without it each rank's CKA sees only its local batch "
+                            "(batch_size / world_size): a different, noisier estimate whose bias (biased "
+                            "estimator: O(1/batch)) grows as the per-rank batch shrinks")
         g.add_argument("--cka_log_every", type=int, default=5,
                        help="log the student x teacher CKA matrix image to TensorBoard every N epochs")
 

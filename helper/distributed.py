@@ -1,16 +1,30 @@
 """torch.distributed set-up for both launchers, and the few collectives the loop needs.
 
-torchrun (env://: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT) or ``--multiprocessing-distributed``
-(mp.spawn, one process per GPU, ``--dist-url``, ``--world-size`` = nodes, ``--rank`` = node rank), as in
-pytorch/examples imagenet and SemCKD/SimKD. NCCL on GPUs, gloo on CPU. Outside a process group every
-helper here is a cheap no-op, so single-process code paths are the same code.
+Launchers (one code path after :func:`init`):
+
+* ``torchrun`` (env://: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT), on one or many nodes::
+
+      torchrun --nproc-per-node 8 train_student.py ...                                # one node
+      torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint host:29400 train_student.py ...
+
+  (under SLURM: one ``srun torchrun ...`` per node).
+* ``--multiprocessing-distributed`` (mp.spawn, one process per GPU, as pytorch/examples imagenet and
+  SemCKD/SimKD): ``--dist-url tcp://host:port``, ``--world-size`` = number of nodes, ``--rank`` = this
+  node's rank; ``--procs_per_node N`` runs N processes (N gloo CPU processes on a machine without GPUs).
+
+NCCL on GPUs (process ``LOCAL_RANK`` takes ``cuda:LOCAL_RANK``), gloo on CPU. ``--batch_size`` is the
+global batch: each of the W processes gets batch_size / W. Outside a process group every helper here is
+a cheap no-op, so single-process code paths are the same code.
 """
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
+
+from helper.errors import ConfigError
 
 
 def is_dist() -> bool:
@@ -36,16 +50,24 @@ def launched_by_torchrun() -> bool:
 def init(opt, local_rank: int | None = None) -> torch.device:
     """Join the process group (if this run is distributed) and return this process's device.
 
-    Sets opt.rank, opt.world_size, opt.local_rank, opt.distributed.
+    Sets opt.rank, opt.world_size, opt.local_rank, opt.distributed (world size > 1). ``local_rank`` is
+    given by mp.spawn (``--multiprocessing-distributed``); torchrun's variables are read from the
+    environment. A process group that already exists (a caller that set one up) is joined as it is.
     """
-    cuda = torch.cuda.is_available() and getattr(opt, "device", "auto") in ("auto", "cuda")
+    if is_dist():
+        opt.rank, opt.world_size = dist.get_rank(), dist.get_world_size()
+        opt.local_rank = local_rank if local_rank is not None else int(os.environ.get("LOCAL_RANK", 0))
+        opt.distributed = opt.world_size > 1
+        return _device(opt)
     if launched_by_torchrun():
+        if getattr(opt, "multiprocessing_distributed", False):
+            warnings.warn("started by torchrun: --multiprocessing-distributed is ignored")
         opt.local_rank = int(os.environ["LOCAL_RANK"])
         opt.rank = int(os.environ["RANK"])
         opt.world_size = int(os.environ["WORLD_SIZE"])
         init_method = "env://"
     elif local_rank is not None:  # mp.spawn child
-        nprocs = max(opt.procs_per_node, 1)
+        nprocs = max(int(opt.procs_per_node), 1)
         opt.local_rank = local_rank
         opt.rank = opt.node_rank * nprocs + local_rank
         opt.world_size = opt.nodes * nprocs
@@ -53,14 +75,38 @@ def init(opt, local_rank: int | None = None) -> torch.device:
     else:
         opt.local_rank, opt.rank, opt.world_size = 0, 0, 1
         opt.distributed = False
-        return resolve_device(opt.device, 0)
+        return _device(opt)
     opt.distributed = opt.world_size > 1
-    device = resolve_device(opt.device, opt.local_rank)
+    device = _device(opt)
     backend = opt.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError(f"--dist-backend nccl needs CUDA devices but this process runs on {device}; "
+                          "use gloo (the default on CPU)")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend, init_method=init_method,
                             world_size=opt.world_size, rank=opt.rank)
+    return device
+
+
+def _device(opt) -> torch.device:
+    """This process's device, checked: one GPU per process, SyncBatchNorm only on CUDA."""
+    name = getattr(opt, "device", "auto") or "auto"
+    device = resolve_device(name, opt.local_rank)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if opt.world_size > 1 and name not in ("auto", "cuda"):
+            raise ConfigError(f"--device {name} puts every one of the {opt.world_size} processes on one GPU; "
+                              "use --device cuda (process LOCAL_RANK takes cuda:LOCAL_RANK)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"local rank {opt.local_rank} needs cuda:{device.index} but this node has "
+                              f"{torch.cuda.device_count()} GPU(s): start at most one process per GPU")
+    if getattr(opt, "sync_bn", False):
+        if device.type != "cuda":
+            raise ConfigError("--sync_bn needs CUDA (SyncBatchNorm has no CPU implementation): drop it")
+        if opt.world_size == 1:
+            warnings.warn("--sync_bn has no effect with one process")
     return device
 
 
@@ -69,7 +115,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name == "cuda":
         return torch.device(f"cuda:{local_rank}")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
 
 
 def cleanup() -> None:
@@ -104,3 +153,47 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def check_same(value, what: str) -> None:
+    """Raise the same ConfigError on every rank unless ``value`` (picklable) is equal on all of them."""
+    if not is_dist() or world_size() == 1:
+        return
+    values = [None] * world_size()
+    dist.all_gather_object(values, value)
+    odd = [r for r, v in enumerate(values) if v != values[0]]
+    if odd:
+        raise ConfigError(f"{what} differs between ranks (rank 0: {values[0]!r}; rank {odd[0]}: "
+                          f"{values[odd[0]]!r}): every process must see the same files")
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the summed gradient of its own rows."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.rows = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # every rank's loss may depend on every rank's rows: sum the gradients over ranks (all-reduce
+        # works on gloo and NCCL alike), then keep this rank's rows
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        r = dist.get_rank()
+        return grad[r * ctx.rows:(r + 1) * ctx.rows]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (same shape on every rank) over ranks in rank order, differentiably.
+
+    If every rank computes the same loss L of the gathered tensor, rank r's rows receive
+    ``world_size * dL/dx_r``; DDP's gradient averaging then yields exactly the gradient of L that one
+    process holding the whole batch would compute. Identity outside a process group.
+    """
+    if not is_dist() or world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x.contiguous())
