@@ -34,18 +34,62 @@ def run_main(worker, opt_or_error) -> None:
         sys.exit(2)
 
 
-def _spawned(local_rank: int, worker, opt) -> None:
+# Test hook (tests/test_distributed.py): KD_TEST_FAIL_AT=<rank>:<step> makes that rank raise at its
+# <step>-th training step of ``fit`` (counted from 1 over the run), to check that an error on one rank
+# stops every rank with its message instead of leaving the others waiting in a collective.
+FAIL_AT_ENV = "KD_TEST_FAIL_AT"
+
+
+def _exit_failed_rank(e: BaseException) -> None:
+    """End this rank of a multi-process run at once: its peers may be blocked in a collective, so a
+    normal exit (process-group teardown, atexit) could wait for them. The launcher (torchrun's agent,
+    mp.spawn's parent) sees the non-zero exit and stops the other ranks."""
+    if isinstance(e, ConfigError):
+        if not dist_util.is_main():
+            # usually every rank hits the same bad input: give rank 0's line the time to be the only
+            # one (the launcher stops this process meanwhile); a rank-local error still gets printed
+            time.sleep(2.0)
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    else:
+        print(f"rank {dist_util.rank()} failed:", file=sys.stderr)
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_worker(worker, opt, local_rank) -> None:
     try:
         worker(opt, local_rank)
+    except BaseException as e:
+        if dist_util.is_dist() and dist_util.world_size() > 1:
+            _exit_failed_rank(e)
+        raise
+    dist_util.cleanup()
+
+
+def _spawned(local_rank: int, worker, opt) -> None:
+    """mp.spawn's child: one rank. A ConfigError is one line and exit code 2."""
+    try:
+        _run_worker(worker, opt, local_rank)
     except ConfigError as e:
-        if local_rank == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
 def launch(worker, opt) -> None:
-    """Run ``worker(opt, local_rank)`` in this process, under torchrun, or in mp.spawn'd processes."""
-    if opt.multiprocessing_distributed and not dist_util.launched_by_torchrun():
+    """Run ``worker(opt, local_rank)`` in this process, under torchrun, or in mp.spawn'd processes.
+
+    An exception on any rank of a multi-process run ends that rank with its message (traceback, or the
+    ConfigError's one line and exit code 2) and the launcher then stops the others: no rank is left
+    waiting in a collective. (With mp.spawn on several nodes, ranks on the *other* nodes only notice
+    when the process group times out; torchrun stops all nodes.)
+    """
+    if getattr(opt, "multiprocessing_distributed", False) and not dist_util.launched_by_torchrun():
+        if opt.nodes < 1 or not 0 <= opt.node_rank < opt.nodes:
+            raise ConfigError(f"--rank {opt.node_rank} must be a node rank in [0, --world-size {opt.nodes})")
         n = opt.procs_per_node or torch.cuda.device_count()
         if n < 1:
             raise ConfigError("--multiprocessing-distributed found no GPU; pass --procs_per_node N "
@@ -54,20 +98,40 @@ def launch(worker, opt) -> None:
         try:
             mp.spawn(_spawned, args=(worker, opt), nprocs=n, join=True)
         except mp.ProcessExitedException as e:
-            raise SystemExit(e.exit_code or 1) from None
+            raise SystemExit(e.exit_code if e.exit_code and e.exit_code > 0 else 1) from None
+        except mp.ProcessRaisedException as e:  # the child's traceback, then exit code 1
+            print(str(e).strip(), file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         return
-    try:
-        worker(opt, None)
-    except ConfigError:
-        raise
-    except BaseException:
-        if dist_util.is_dist() and dist_util.world_size() > 1:
-            traceback.print_exc()
-            sys.stderr.flush()
-            os._exit(1)  # a failed rank must not leave the others waiting in a collective
-        raise
-    finally:
-        dist_util.cleanup()
+    if getattr(opt, "nodes", 1) > 1 and not dist_util.launched_by_torchrun():
+        raise ConfigError(f"--world-size {opt.nodes} counts nodes for --multiprocessing-distributed: add that "
+                          "flag (with --dist-url and --rank), or start the run with torchrun")
+    _run_worker(worker, opt, None)
+
+
+class _FailAt:
+    """The training loader with the KD_TEST_FAIL_AT fault: rank ``rank`` raises at its ``step``-th step."""
+
+    def __init__(self, loader, rank: int, step: int):
+        self.loader, self.rank, self.step, self.done = loader, rank, step, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for data in self.loader:
+            self.done += 1
+            if self.done == self.step and dist_util.rank() == self.rank:
+                raise RuntimeError(f"{FAIL_AT_ENV}: failure injected on rank {self.rank} at step {self.step}")
+            yield data
+
+
+def _with_fault_hook(loader):
+    spec = os.environ.get(FAIL_AT_ENV)
+    if not spec:
+        return loader
+    r, s = (int(v) for v in spec.split(":"))
+    return _FailAt(loader, r, s)
 
 
 def truncate_metrics(save_folder: str, last_epoch: int) -> None:
@@ -89,6 +153,11 @@ def load_resume(opt, expect_arch: str):
                           "(no epoch/optimizer state); to start from its weights, use it as a teacher instead")
     if ckpt.get("arch") not in (None, expect_arch):
         raise ConfigError(f"--resume {opt.resume!r} holds a {ckpt.get('arch')} but this run trains {expect_arch}")
+    # every rank loads the file itself (no broadcast of weights/optimizer state): on several nodes, make
+    # sure they all read the same checkpoint
+    weights = ckpt.get("model") or {}
+    total = sum(float(v.double().sum()) for v in weights.values() if torch.is_tensor(v) and v.is_floating_point())
+    dist_util.check_same((int(ckpt["epoch"]), f"{total:.9e}"), f"the checkpoint of --resume {opt.resume!r}")
     return ckpt
 
 
@@ -99,12 +168,14 @@ def fit(opt, *, inner: nn.Module, step_module: nn.Module, teacher, optimizer, da
     distiller = getattr(inner, "distiller", None)
     t_start = time.time()
     last = {}
+    train_loader = _with_fault_hook(data.train_loader)
     for epoch in range(start_epoch, opt.epochs + 1):
-        data.set_epoch(epoch)
+        data.set_epoch(epoch)  # DistributedSampler.set_epoch: a new order every epoch, the same on every rank
         if mixup is not None:
             mixup.set_epoch(epoch)
-        tr = train_one_epoch(epoch, data.train_loader, step_module, inner, teacher, optimizer, opt, device,
+        tr = train_one_epoch(epoch, train_loader, step_module, inner, teacher, optimizer, opt, device,
                              log=logger.print, mixup=mixup)
+        inner.eval()  # BatchNorm on its running statistics (train_one_epoch sets train mode again)
         val = validate(inner.predict, data.val_loader, device, opt)
         is_best = best_epoch == 0 or val["acc1"] > best_acc  # the first epoch is always a best
         if is_best:
