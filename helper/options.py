@@ -23,7 +23,10 @@ def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
     g.add_argument("--train_subset", type=int, default=0,
                    help="train on a stratified, seeded subset of N training images (0: all)")
     g.add_argument("--batch_size", type=int, default=64,
-                   help="GLOBAL batch size; under DDP each of W processes gets batch_size / W")
+                   help="GLOBAL batch size: under DDP each of W processes gets batch_size / W (must divide), "
+                        "so steps per epoch, gradients and the LR schedule are those of one process with "
+                        "this batch; do not scale --learning_rate with W. Per-process: BatchNorm statistics "
+                        "(unless --sync_bn) and batch-statistic losses (see --cka_gather)")
     g.add_argument("--num_workers", type=int, default=8, help="DataLoader workers (torch loader only)")
     g.add_argument("--loader", default="auto", choices=("auto", "torch", "tensor"),
                    help="auto: device-resident tensor loader for in-memory datasets, torch DataLoader otherwise")
@@ -61,7 +64,8 @@ def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
     g = p.add_argument_group("distributed")
     g.add_argument("--multiprocessing-distributed", dest="multiprocessing_distributed", action="store_true",
                    help="mp.spawn one process per GPU (or --procs_per_node CPU processes) on this node")
-    g.add_argument("--dist-url", dest="dist_url", default="tcp://127.0.0.1:23451")
+    g.add_argument("--dist-url", dest="dist_url", default="tcp://127.0.0.1:23451",
+                   help="mp.spawn rendezvous: tcp://<address of node 0>:<free port> (torchrun uses env://)")
     g.add_argument("--dist-backend", dest="dist_backend", default=None, help="nccl (GPU) or gloo (CPU)")
     g.add_argument("--world-size", dest="nodes", type=int, default=1, help="number of nodes (mp.spawn)")
     g.add_argument("--rank", dest="node_rank", type=int, default=0, help="this node's rank (mp.spawn)")
