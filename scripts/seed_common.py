@@ -1,0 +1,226 @@
+"""What the seed experiment scripts (scripts/seed_*.py) share.
+
+Every run goes through the codebase's own entry points, ``train_teacher.main(argv)`` and
+``train_student.main(argv)`` (same process), and its numbers are read back from the run folder the
+script wrote (summary.json, metrics.jsonl): nothing here re-implements a model, a loss or a loop.
+
+``--smoke`` makes every run tiny (a few hundred training images, 1 epoch, small batch) for CI; it
+reads the same dataset files as a full run, from ``--data_folder``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import zlib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+SMOKE_IMAGES = 200
+SMOKE_BATCH = 32
+
+_WHERE = {
+    "mnist": "the four MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+             "t10k-labels-idx1-ubyte, plain or .gz; http://yann.lecun.com/exdb/mnist/)",
+    "fashionmnist": "the four Fashion-MNIST idx files (apt-get install dataset-fashion-mnist puts them in "
+                    "/usr/share/datasets/fashion-mnist)",
+    "cifar10": "cifar-10-batches-py/ (extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz)",
+    "cifar100": "cifar-100-python/ (extract https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz)",
+}
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def add_common_args(p: argparse.ArgumentParser, *, dataset: str, save_name: str) -> None:
+    p.add_argument("--data_folder", default="./data", help=f"where the {dataset} files are")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
+    p.add_argument("--save_dir", default=os.path.join("save", "seeds", save_name),
+                   help="root of this experiment's teachers/ and students/ run folders")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every run: every student starts from the same initialisation")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"tiny run for CI: {SMOKE_IMAGES} training images, 1 epoch, batch {SMOKE_BATCH}")
+    p.add_argument("--train_subset", type=int, default=None,
+                   help=f"train on N images (default: all; {SMOKE_IMAGES} with --smoke)")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse a run whose folder already holds summary.json instead of training it again")
+    p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (the in-memory loader needs none)")
+
+
+def dataset_missing(name: str, data_folder: str) -> str | None:
+    """One line saying where to put the dataset, or None when its files are there."""
+    import dataset.cifar as cifar
+    import dataset.mnist as mnist
+    if name in ("mnist", "fashionmnist"):
+        found = mnist.find_folder(name, data_folder)
+    else:
+        found = cifar.cifar_folder(name, data_folder)
+    if found is not None:
+        return None
+    return (f"{name} is not in --data_folder {data_folder}: put {_WHERE[name]} there, point --data_folder at "
+            "it, or pass --download")
+
+
+def require_dataset(args, name: str) -> None:
+    if args.download:
+        return
+    msg = dataset_missing(name, args.data_folder)
+    if msg:
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+def common_flags(args, dataset: str, batch_size: int) -> list:
+    """Flags every run of an experiment shares: data, device, save root, seed, smoke sizes."""
+    flags = ["--dataset", dataset, "--data_folder", args.data_folder, "--save_dir", args.save_dir,
+             "--device", args.device, "--seed", str(args.seed), "--num_workers", str(args.num_workers),
+             "--batch_size", str(SMOKE_BATCH if args.smoke else batch_size), "--print_freq", "1000000"]
+    subset = args.train_subset if args.train_subset is not None else (SMOKE_IMAGES if args.smoke else 0)
+    if subset:
+        flags += ["--train_subset", str(subset)]
+    if args.download:
+        flags.append("--download")
+    return flags
+
+
+def epochs(args, n: int) -> str:
+    return "1" if args.smoke else str(n)
+
+
+# ---- running through the codebase's entry points -----------------------------------------------------
+
+def _call(module, argv: list, what: str) -> None:
+    print(f"\n==> {what}\n    python {module.__name__}.py {' '.join(argv)}", flush=True)
+    try:
+        module.main(argv)
+    except SystemExit as e:  # run_main turns bad input into one line and exit code 2
+        if e.code not in (None, 0):
+            raise RunFailed(f"{what}: {module.__name__}.py exited with status {e.code} (its message is above)") \
+                from None
+
+
+def _parse(module, argv: list, what: str):
+    from helper.errors import ConfigError
+    try:
+        return module.parse_option(argv)
+    except ConfigError as e:
+        raise RunFailed(f"{what}: {e}") from None
+
+
+def read_run(folder: str) -> dict:
+    with open(os.path.join(folder, "summary.json")) as f:
+        summary = json.load(f)
+    metrics = []
+    path = os.path.join(folder, "metrics.jsonl")
+    if os.path.exists(path):
+        by_epoch = {}
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    by_epoch[rec["epoch"]] = rec
+        metrics = [by_epoch[e] for e in sorted(by_epoch)]
+    return {"folder": folder, "summary": summary, "metrics": metrics}
+
+
+def train_vanilla(args, argv: list, what: str) -> dict:
+    """train_teacher.main(argv) (a teacher, or a label-only student); returns its run record."""
+    import train_teacher
+    opt = _parse(train_teacher, argv, what)
+    folder = opt.save_folder
+    if not (args.reuse and os.path.exists(os.path.join(folder, "summary.json"))):
+        _call(train_teacher, argv, what)
+    run = read_run(folder)
+    run["checkpoint"] = os.path.join(folder, f"{opt.model}_last.pth")
+    return run
+
+
+def train_distilled(args, argv: list, teacher_arch: str, what: str) -> dict:
+    """train_student.main(argv); returns its run record (the folder named as train_student names it)."""
+    import train_student
+    opt = _parse(train_student, argv, what)
+    train_student.name_run(opt, teacher_arch)
+    folder = opt.save_folder
+    if not (args.reuse and os.path.exists(os.path.join(folder, "summary.json"))):
+        _call(train_student, argv, what)
+    return read_run(folder)
+
+
+class InitRecorder:
+    """Records a checksum of the initial weights of every ``model_dict[name]`` built while active.
+
+    The seeds compare methods from one student initialisation (seeds/004 prints the first conv's norm of
+    two fresh students); this checks it on the real runs: both scripts build the student right after
+    ``set_seed(--seed)``, so every run's first ``name`` model must have the same weights.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.sums: list = []
+
+    def __enter__(self):
+        import torch
+
+        from models import model_dict
+        self._dict, self._orig = model_dict, model_dict[self.name]
+        orig, sums = self._orig, self.sums
+
+        def build(*a, **kw):
+            model = orig(*a, **kw)
+            h = 0
+            with torch.no_grad():
+                for t in model.state_dict().values():
+                    h = zlib.crc32(t.detach().cpu().contiguous().numpy().tobytes(), h)
+            sums.append(f"{h:08x}")
+            return model
+
+        model_dict[self.name] = build
+        return self
+
+    def __exit__(self, *exc):
+        self._dict[self.name] = self._orig
+        return False
+
+    def take(self) -> str | None:
+        """Checksum of the first such model built since the last call."""
+        out = self.sums[0] if self.sums else None
+        self.sums.clear()
+        return out
+
+
+# ---- results --------------------------------------------------------------------------------------
+
+def fmt(x, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def markdown_table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(args, name: str, text: str, data: dict) -> None:
+    """Print the table and save it (``<save_dir>/<name>.md``) with its numbers (``<name>.json``)."""
+    os.makedirs(args.save_dir, exist_ok=True)
+    print("\n" + text, flush=True)
+    with open(os.path.join(args.save_dir, f"{name}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.save_dir, f"{name}.json"), "w") as f:
+        json.dump(data, f, indent=2)
+    print(f"(table saved to {os.path.join(args.save_dir, name + '.md')}, numbers to {name}.json)")
+
+
+def main_guard(fn) -> None:
+    """Run a seed script's main: a failed run is one line and exit status 1."""
+    try:
+        fn()
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
