@@ -30,8 +30,17 @@ def run_main(worker, opt_or_error) -> None:
         opt = opt_or_error() if callable(opt_or_error) else opt_or_error
         launch(worker, opt)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # torchrun starts every rank with the same arguments: one line, not one per rank
+        _print_config_error(e, int(os.environ.get("RANK", 0)) if dist_util.launched_by_torchrun() else 0)
         sys.exit(2)
+
+
+def _print_config_error(e: ConfigError, rank: int) -> None:
+    if rank != 0:
+        # usually every rank hits the same bad input: give rank 0's line the time to be the only one
+        # (the launcher stops this process meanwhile); an error of this rank alone still gets printed
+        time.sleep(2.0)
+    print(f"error: {e}", file=sys.stderr, flush=True)
 
 
 # Test hook (tests/test_distributed.py): KD_TEST_FAIL_AT=<rank>:<step> makes that rank raise at its
@@ -45,11 +54,7 @@ def _exit_failed_rank(e: BaseException) -> None:
     normal exit (process-group teardown, atexit) could wait for them. The launcher (torchrun's agent,
     mp.spawn's parent) sees the non-zero exit and stops the other ranks."""
     if isinstance(e, ConfigError):
-        if not dist_util.is_main():
-            # usually every rank hits the same bad input: give rank 0's line the time to be the only
-            # one (the launcher stops this process meanwhile); a rank-local error still gets printed
-            time.sleep(2.0)
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        _print_config_error(e, dist_util.rank())
         code = 2
     else:
         print(f"rank {dist_util.rank()} failed:", file=sys.stderr)
@@ -74,8 +79,8 @@ def _spawned(local_rank: int, worker, opt) -> None:
     """mp.spawn's child: one rank. A ConfigError is one line and exit code 2."""
     try:
         _run_worker(worker, opt, local_rank)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+    except ConfigError as e:  # raised before the process group existed
+        _print_config_error(e, opt.node_rank * opt.procs_per_node + local_rank)
         sys.exit(2)
 
 
