@@ -162,6 +162,11 @@ def max_diff(a: dict, b: dict, skip_bn_stats: bool = False) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in keys)
 
 
+def metrics_of(save_dir):
+    (path,) = glob.glob(os.path.join(save_dir, "students", "models", "*", "metrics.jsonl"))
+    return [json.loads(line) for line in open(path)]
+
+
 def test_two_ranks_match_one_process_on_the_union_of_their_batches(files, tmp_path):
     names = list(EQUIVALENT) + list(RANKS_ONLY)
     runs = [(n, method_argv(files, tmp_path / f"ddp_{n}", n)) for n in names]
@@ -178,6 +183,13 @@ def test_two_ranks_match_one_process_on_the_union_of_their_batches(files, tmp_pa
             moved = max(float((r0[f"student.{k}"] - v).abs().max()) for k, v in start.items())
             assert moved > 1e-3, f"{name}: the student did not train"
             report[name] = max_diff(r0, single)
+            # the logged metrics are global: train metrics all-reduced, validation on exact shards
+            two, one = (metrics_of(tmp_path / f"{kind}_{name}") for kind in ("ddp", "one"))
+            assert len(two) == len(one) == 2
+            for a, b in zip(two, one):
+                assert a["train_acc"] == b["train_acc"] and a["test_acc"] == b["test_acc"], (name, a, b)
+                for k in ("train_loss", "test_loss", "loss_cls", "loss_div", "loss_kd"):
+                    assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(b[k])), (name, k, a[k], b[k])
     print("max |w(2 x 8) - w(1 x 16)|:", {k: f"{v:.1e}" for k, v in report.items()})
     for name, d in report.items():
         assert d < 2e-5, f"{name}: 2 x 8 differs from 1 x 16 by {d}"
