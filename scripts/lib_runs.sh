@@ -12,8 +12,8 @@
 #   LOG_DIR   one log file per run (default $SAVE/logs/<script name>)
 #   SKIP_DONE 1 = skip runs whose folder already has summary.json (default 1)
 #   RESUME    1 = continue an unfinished run from its <model>_last.pth (default 1)
-#   EXTRA_ARGS extra flags appended to every command (e.g. "--amp --channels_last", or
-#             "--epochs 1 --train_subset 500" for a quick end-to-end check)
+#   EXTRA_ARGS extra flags appended to every command, last, so they override the script's own (e.g.
+#             "--amp --channels_last", or "--epochs 1 --train_subset 500" for a quick end-to-end check)
 
 set -euo pipefail
 

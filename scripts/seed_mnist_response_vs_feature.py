@@ -59,6 +59,7 @@ def plot_curves(path: str, curves: dict, title: str) -> str | None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for (label, acc), marker in zip(curves.items(), "os^vD"):
         ax.plot(range(1, len(acc) + 1), acc, marker=marker, label=label)
+    ax.set_xticks(range(1, max(len(a) for a in curves.values()) + 1))
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Test accuracy (%)")
     ax.set_title(title)

@@ -161,8 +161,9 @@ def _fmt_w(w: tuple) -> str:
 
 
 class Cell:
-    def __init__(self, runs: list):
+    def __init__(self, runs: list, loaded: bool = False):
         self.runs = runs
+        self.loaded = loaded  # a teacher not trained here: the test accuracy the distillation runs measured
         self.last = mean_std([float(r["last_acc"]) for r in runs])
         self.best = mean_std([float(r["best_acc"]) for r in runs])
         self.n = len(runs)
@@ -184,7 +185,14 @@ def build_table(scanned: dict, pairs: list | None = None) -> dict:
     for r in vanilla:
         by_model[(r["model"], r["variant"])].append(r)
     rows = []
-    rows.append(("Teacher", None, {p: Cell(by_model[(p[0], "")]) for p in pairs if by_model[(p[0], "")]}))
+    teacher_cells = {p: Cell(by_model[(p[0], "")]) for p in pairs if by_model[(p[0], "")]}
+    for p in pairs:  # a teacher trained elsewhere (e.g. RepDistiller's files): its accuracy as the students measured it
+        measured = sorted({round(float(r["teacher_acc"]), 4) for r in students
+                           if (r["model_t"], r["model_s"]) == p and r.get("teacher_acc") is not None
+                           and (r.get("kd_mode") or "offline") == "offline"})
+        if p not in teacher_cells and measured:
+            teacher_cells[p] = Cell([{"last_acc": a, "best_acc": a} for a in measured], loaded=True)
+    rows.append(("Teacher", None, teacher_cells))
     rows.append(("Student", None, {p: Cell(by_model[(p[1], "")]) for p in pairs if by_model[(p[1], "")]}))
     for variant in sorted({v for _, v in by_model if v}):
         cells = {p: Cell(by_model[(p[1], variant)]) for p in pairs if by_model[(p[1], variant)]}
@@ -244,7 +252,7 @@ def _published(label_key, row_name: str, pair) -> str:
 
 def render_markdown(table: dict, dataset: str, with_published: bool = True) -> str:
     pairs, rows = table["pairs"], table["rows"]
-    ns = Counter(c.n for _, _, cells in rows for c in cells.values())
+    ns = Counter(c.n for _, _, cells in rows for c in cells.values() if not c.loaded)
     usual_n = ns.most_common(1)[0][0] if ns else 0
     lines = [f"## {dataset}: top-1 accuracy (%)", "",
              "Each cell: **last-epoch** mean ± std / **best-epoch** mean ± std over trials "
@@ -263,7 +271,9 @@ def render_markdown(table: dict, dataset: str, with_published: bool = True) -> s
         for p in pairs:
             c = cells.get(p)
             text = "–"
-            if c is not None:
+            if c is not None and c.loaded:
+                text = f"{_ms(c.last)} (loaded teacher, as evaluated by the student runs)"
+            elif c is not None:
                 text = f"{_ms(c.last)} / {_ms(c.best)}"
                 if c.n != usual_n:
                     text += f" (n={c.n})"

@@ -421,12 +421,16 @@ def test_summarize_mixed_epochs_pairs_option_and_errors(tmp_path, capsys):
     for t, (acc, ep) in enumerate(((70.0, 240), (72.0, 1))):
         _write_run(f"{root}/students/models/S:vgg8_T:vgg13_cifar100_kd_r:0.1_a:0.9_b:0.0_{t}",
                    {"model_s": "vgg8", "model_t": "vgg13", "dataset": "cifar100", "distill": "kd", "trial": str(t),
-                    "cls": 0.1, "div": 0.9, "beta": 0.0, "best_acc": acc, "last_acc": acc, "last_epoch": ep})
+                    "cls": 0.1, "div": 0.9, "beta": 0.0, "best_acc": acc, "last_acc": acc, "last_epoch": ep,
+                    "teacher_acc": 74.64})
     assert summarize.main(["--save_dir", root, "--pairs", "vgg13:vgg8,resnet56:resnet20", "--no_published"]) == 0
     md = capsys.readouterr().out
     cells = _cells(md)
     assert cells["__header__"] == ["method", "vgg13→vgg8", "resnet56→resnet20"]
     assert cells["KD"] == ["71.00±1.41 / 71.00±1.41 *", "–"] and "runs of [1, 240] epochs" in md
+    # no vanilla teacher run here (e.g. RepDistiller's checkpoint): the accuracy the student runs measured
+    assert cells["Teacher"] == ["74.64 (loaded teacher, as evaluated by the student runs)", "–"]
+    assert "2 trials unless" in md
     assert "· RepD" not in md and "After '·'" not in md
     assert summarize.main(["--save_dir", str(tmp_path / "nothing")]) == 2
     os.makedirs(tmp_path / "empty")
