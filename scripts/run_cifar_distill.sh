@@ -30,6 +30,8 @@
 #     so the row is --distill hint --hint_layer 2 --init_epochs 0 (our defaults are SemCKD's
 #     --hint_layer 1 and a 30-epoch stage 1).
 #   AB, FT, FSP keep their 30-epoch init stage (--init_epochs default 30), as RepDistiller.
+#   CRD draws its 16384 negatives per batch on the device (--crd_sampler batch, with replacement);
+#     EXTRA_ARGS="--crd_sampler dataset" draws them per sample in the loader, as RepDistiller does.
 #   SemCKD/SRRL: SemCKD's and SimKD's protocol (-c 1 -d 1), SimKD -c 0 -d 0 -b 1; cosine: seeds/004's
 #     0.5/0.5; cka_group: ours (-c 1 -d 1 -b 1). Compare each with the published row of its own protocol.
 #
@@ -38,6 +40,7 @@
 #               feature stage (WIDTHS below), i.e. same-width pairs only (RepDistiller: FSP "N/A");
 #   cosine      needs the flattened last stage maps (LAST_MAP, C*H*W) in an integer ratio.
 #   A model missing from these tables is not skipped: train_student.py refuses with one line if needed.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib_runs.sh
 

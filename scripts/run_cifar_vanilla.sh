@@ -21,6 +21,7 @@
 # Output: $SAVE/teachers/models/<model>_vanilla_<dataset>_trial_<n>/ (metrics.jsonl, summary.json,
 # <model>_best.pth, <model>_last.pth, ckpt_epoch_*.pth). Teachers are queued first (trial 0 first),
 # so scripts/run_cifar_distill.sh can start as soon as they exist; scripts/summarize.py makes the table.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib_runs.sh
 

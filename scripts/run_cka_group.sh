@@ -25,6 +25,7 @@
 #   POOLS         pool sizes of the "pool" axis (default "0 1 2 8")
 #   TEACHER_TRIAL, TEACHER_PATH: as in run_cifar_distill.sh
 #   SAVE, LOG_DIR, DRY_RUN, SKIP_DONE, RESUME, EXTRA_ARGS, PYTHON: see scripts/lib_runs.sh
+set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib_runs.sh
 

@@ -35,6 +35,7 @@
 # Weights: SemCKD's ImageNet protocol (-c 1 -d 1 for every method), with SemCKD's ImageNet beta 50 for
 # semckd; the other betas are the CIFAR ones (no published ImageNet value); simkd uses SimKD's -c 0 -d 0 -b 1.
 # Only SemCKD's command is published for this pair; treat the others as our choice.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 if ((${NNODES:-1} > 1)); then
   # every node must queue the same commands: only look at finished runs when SAVE is shared (set both to 1)
