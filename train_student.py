@@ -154,8 +154,9 @@ def main_worker(opt, local_rank=None):
                           f"takes {tuple(student.input_shape)}: pick a pair that sees the same images")
     name_run(opt, t_arch)
     opt.drop_last = bool(cls.drop_last)
-    data = dataset.get_dataloaders(opt, student.input_shape, device=device, rank=opt.rank,
-                                   world_size=opt.world_size, **cls.loader_options(opt))
+    with dist_util.main_first(opt.download, opt.local_rank):  # --download: once, not once per rank
+        data = dataset.get_dataloaders(opt, student.input_shape, device=device, rank=opt.rank,
+                                       world_size=opt.world_size, **cls.loader_options(opt))
     student = place(student, opt, device)
     if opt.kd_mode == "self":
         model_t = student

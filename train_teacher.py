@@ -45,8 +45,9 @@ def main_worker(opt, local_rank=None):
     set_seed(opt.seed, opt.deterministic)
     num_classes = dataset.num_classes(opt.dataset)
     model = model_dict[opt.model](num_classes=num_classes)
-    data = dataset.get_dataloaders(opt, model.input_shape, device=device, rank=opt.rank,
-                                   world_size=opt.world_size)
+    with dist_util.main_first(opt.download, opt.local_rank):  # --download: once, not once per rank
+        data = dataset.get_dataloaders(opt, model.input_shape, device=device, rank=opt.rank,
+                                       world_size=opt.world_size)
     inner = place(DistillStudent(model, None, opt), opt, device)
     step_module = wrap_ddp(inner, opt, device)
     optimizer = build_optimizer(inner.parameters(), opt)

@@ -18,6 +18,7 @@ a cheap no-op, so single-process code paths are the same code.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -144,6 +145,25 @@ def reduce_mean(total, count: int) -> float:
 
 def barrier() -> None:
     if is_dist():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(enabled: bool = True, local_rank: int = 0):
+    """Run the block on rank 0 first, then on each node's local rank 0, then on every other rank: a
+    dataset download (``--download``) then happens once per file system instead of W times at once into
+    the same files. If rank 0 fails inside, the others stay at the barrier until the launcher stops them."""
+    if not enabled or not is_dist() or world_size() == 1:
+        yield
+        return
+    if rank() != 0:
+        dist.barrier()          # 1: rank 0 done
+        if local_rank != 0:
+            dist.barrier()      # 2: every node's local rank 0 done
+    yield
+    if rank() == 0:
+        dist.barrier()
+    if local_rank == 0:
         dist.barrier()
 
 

@@ -262,7 +262,8 @@ def assert_ok(p, printed_once):
 
 
 def test_torchrun_teacher_writes_once_and_resumes(files, tmp_path):
-    args = ["train_teacher.py", "--model", "cnn_mnist_student", "--save_freq", "1"] + base_args(files, tmp_path)
+    # --download with the files present downloads nothing but runs the ranks one after another (main_first)
+    args = ["train_teacher.py", "--model", "cnn_mnist_student", "--save_freq", "1", "--download"] + base_args(files, tmp_path)
     name = "cnn_mnist_student_vanilla_mnist_trial_0"
     folder = os.path.join(tmp_path, "teachers", "models", name)
     tb = os.path.join(tmp_path, "teachers", "tensorboard", name)
