@@ -1,9 +1,10 @@
 """DDP on CPU with gloo: the two launchers, rank-0-only outputs, resume, error propagation, and equivalence.
 
-* Equivalence: 2 processes x batch 8 and 1 process x batch 16 reach the same weights when the single
-  process sees, batch by batch, the union of what the two ranks' DistributedSamplers draw (rank order),
-  for kd, crd, cka_group --cka_gather and hint (an init-stage method), on the BatchNorm-free seeds/000
-  CNNs; the 2-process ranks end bitwise identical (also simkd -c 0 -d 0, whose student classifier is unused).
+* Equivalence: 2 processes x batch 8 and 1 process x batch 16 reach the same weights (and log the same
+  metrics) when the single process sees, batch by batch, the union of what the two ranks'
+  DistributedSamplers draw (rank order), for kd, crd and cka_group --cka_gather on the BatchNorm-free
+  seeds/000 CNNs. The ranks of every 2-process run end with bitwise identical parameters, also for hint
+  (an init stage; its regressor has BatchNorm) and simkd -c 0 -d 0 (the student's classifier is unused).
 * torchrun runs of train_teacher.py and train_student.py write one checkpoint set, one TensorBoard events
   file, no ``module.`` keys, and resume under torchrun; an mp.spawn run (--multiprocessing-distributed
   --procs_per_node 2) does the same.
@@ -179,6 +180,7 @@ def test_two_ranks_match_one_process_on_the_union_of_their_batches(files, tmp_pa
         assert max_diff(r0, r1, skip_bn_stats=True) == 0.0, f"{name}: the ranks diverged"
         if name in EQUIVALENT:
             single = run_student_in_process(method_argv(files, tmp_path / f"one_{name}", name), union_of=2)
+            torch.manual_seed(1)  # --trial 1: the student is the first thing built after set_seed
             start = model_dict["cnn_mnist_student"](num_classes=10).state_dict()
             moved = max(float((r0[f"student.{k}"] - v).abs().max()) for k, v in start.items())
             assert moved > 1e-3, f"{name}: the student did not train"
@@ -187,8 +189,7 @@ def test_two_ranks_match_one_process_on_the_union_of_their_batches(files, tmp_pa
             two, one = (metrics_of(tmp_path / f"{kind}_{name}") for kind in ("ddp", "one"))
             assert len(two) == len(one) == 2
             for a, b in zip(two, one):
-                assert a["train_acc"] == b["train_acc"] and a["test_acc"] == b["test_acc"], (name, a, b)
-                for k in ("train_loss", "test_loss", "loss_cls", "loss_div", "loss_kd"):
+                for k in ("train_acc", "test_acc", "train_loss", "test_loss", "loss_cls", "loss_div", "loss_kd"):
                     assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(b[k])), (name, k, a[k], b[k])
     print("max |w(2 x 8) - w(1 x 16)|:", {k: f"{v:.1e}" for k, v in report.items()})
     for name, d in report.items():
