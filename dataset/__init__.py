@@ -151,7 +151,7 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
     """Build the train and validation loaders of ``opt.dataset`` for one process of ``world_size``.
 
     Reads opt.dataset, data_folder, batch_size (global), num_workers, seed, train_subset, download,
-    loader, drop_last, and with ``contrast=True`` nce_k and mode. ``input_shape`` is the model's
+    loader, drop_last, no_augment (serve training images like test images, still shuffled), and with ``contrast=True`` nce_k and mode. ``input_shape`` is the model's
     (C, H, W) (None: the dataset's native shape). ``train_sampler`` (any sampler of training-set
     positions, optional ``set_epoch``) replaces the default DistributedSampler order.
     """
@@ -162,7 +162,10 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
         raise ConfigError(f"rank {rank} is outside world size {world_size}")
     batch = per_rank_batch(getattr(opt, "batch_size", 64), world_size)
     kind = _choose_loader(spec, getattr(opt, "loader", "auto") or "auto")
+    augment = not getattr(opt, "no_augment", False)
     dali_mode = getattr(opt, "dali", None)
+    if dali_mode and not augment:
+        raise ConfigError("--no_augment is not available with --dali; drop one of them")
     if dali_mode:  # DALI serves train/val; the torch path below still builds plain_train
         from .dali import check_dali
 
@@ -215,7 +218,7 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
         from .transforms import BatchTransform
 
         x, y = to_device_nchw(train_arr, device)
-        train_loader = TensorTrainLoader(x, y, BatchTransform(spec, adapt, device, train=True), batch_size=batch,
+        train_loader = TensorTrainLoader(x, y, BatchTransform(spec, adapt, device, train=augment), batch_size=batch,
                                          sampler=sampler, seed=seed, rank=rank, drop_last=drop_last,
                                          contrast=contrast_sampler)
         vx, vy = to_device_nchw(val_arr, device)
@@ -236,7 +239,7 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
         else:
             fetch_train, fetch_val = _FolderFetch(train_ds, positions), _FolderFetch(val_ds)
             val_targets = np.asarray(val_ds.targets, dtype=np.int64)
-        train_set = SeededTransformDataset(fetch_train, train_targets_np, pil_transforms(spec, adapt, True), seed,
+        train_set = SeededTransformDataset(fetch_train, train_targets_np, pil_transforms(spec, adapt, augment), seed,
                                            train=True)
         val_set = SeededTransformDataset(fetch_val, val_targets, pil_transforms(spec, adapt, False), seed,
                                          train=False)

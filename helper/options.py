@@ -32,6 +32,8 @@ def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
                    help="auto: device-resident tensor loader for in-memory datasets, torch DataLoader otherwise")
     g.add_argument("--dali", default=None, choices=("cpu", "gpu"), help="NVIDIA DALI pipeline (optional package)")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
+    g.add_argument("--no_augment", action="store_true",
+                   help="no training augmentation (crop/flip); images are still shuffled (seeds/000, 004)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=240)
@@ -59,7 +61,12 @@ def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
     g = p.add_argument_group("speed")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (teacher in the same precision)")
     g.add_argument("--channels_last", action="store_true", help="NHWC memory format")
-    g.add_argument("--compile", action="store_true", help="torch.compile the student and the teacher")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the student's and the teacher's forwards (static shapes; the last "
+                        "partial batch runs eagerly)")
+    g.add_argument("--compile_mode", default="default",
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
 
     g = p.add_argument_group("distributed")
     g.add_argument("--multiprocessing-distributed", dest="multiprocessing_distributed", action="store_true",

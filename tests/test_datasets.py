@@ -535,3 +535,22 @@ def test_train_subset_of_an_image_folder(roots):
 
 def test_dataset_module_helpers():
     assert dataset.num_classes("cifar100") == 100 and dataset.native_shape("fashionmnist") == (1, 28, 28)
+
+
+@pytest.mark.parametrize("loader", ["tensor", "torch"])
+def test_no_augment_serves_training_images_as_test_images(loader):
+    """--no_augment (seeds/000, 004): the shuffled training batch equals the un-augmented images."""
+    import argparse
+    opt = argparse.Namespace(dataset="digits", batch_size=32, seed=3, no_augment=True, loader=loader, num_workers=0)
+    b = dataset.get_dataloaders(opt, (1, 28, 28))
+    b.set_epoch(1)
+    x, _, idx = next(iter(b.train_loader))
+    plain = torch.cat(list(b.plain_train_images(b.n_train)))
+    order = dataset._plain_order(b.n_train, b.n_train, 3)
+    lookup = torch.empty_like(order)
+    lookup[order] = torch.arange(len(order))
+    assert torch.allclose(x, plain[lookup[idx]], atol=1e-5)
+    opt.no_augment = False
+    b = dataset.get_dataloaders(opt, (1, 28, 28))
+    b.set_epoch(1)
+    assert not torch.allclose(next(iter(b.train_loader))[0], x, atol=1e-3)
