@@ -5,6 +5,8 @@ One place decides how logits, stage features (``is_feat``/``preact``) and block-
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -49,3 +51,37 @@ def detach_outputs(o: Outputs, clone: bool = False) -> Outputs:
     return Outputs(logits=f(o.logits),
                    feats=[f(t) for t in o.feats] if o.feats is not None else None,
                    layers=[f(t) for t in o.layers] if o.layers is not None else None)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
+    """``torch.compile`` a model's forward in place (``Module.compile``) and return it.
+
+    The module stays the same object, so its state_dict keys, ``place``, DDP wrapping and checkpoints are
+    unchanged. Forward hooks registered on its blocks before this call (models/layers.py's LayerRecorder,
+    which every ModelRunner sets up at construction) are traced into the graph: compile after the runners
+    exist. Shapes are static (``dynamic=False``): one graph per (train/eval, what is returned); a batch of
+    another size (the last partial batch of an epoch or of validation) runs eagerly under
+    :func:`eager_unless`, so it costs no recompilation and no CUDA-graph re-recording.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    model.compile(mode=None if mode == "default" else mode, dynamic=False)
+    return model
+
+
+def eager_unless(full_batch: bool, opt=None):
+    """Context for one step: under ``--compile``, a batch that is not full runs every compiled forward
+    eagerly (``torch.compiler.set_stance("force_eager")``); otherwise nothing changes."""
+    if full_batch or not getattr(opt, "compile", False):
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
+
+
+def new_step(opt, device) -> None:
+    """Mark a new training iteration for CUDA graphs (``--compile_mode reduce-overhead``): outputs of the
+    previous step's graphs may then be overwritten. A no-op otherwise."""
+    if getattr(opt, "compile", False) and torch.device(device).type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()

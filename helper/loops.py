@@ -16,10 +16,10 @@ from torch import nn
 from distiller_zoo.base import Batch, Outputs
 from distiller_zoo.KD import kd_loss
 from helper import distributed as dist_util
-from helper.forward import ModelRunner
+from helper.forward import ModelRunner, eager_unless, new_step
 from helper.optim import lr_at, set_lr
 from helper.teachers import for_student
-from helper.util import AverageMeter, accuracy
+from helper.util import accuracy
 
 
 class DistillStudent(nn.Module):
@@ -43,8 +43,11 @@ class DistillStudent(nn.Module):
         return self.distiller.logits(s) if self.distiller is not None else s.logits
 
     def forward(self, batch: Batch, t_out: Outputs | None = None, stage: str = "main") -> dict:
+        return self.losses(self.runner(batch.images), batch, t_out, stage)
+
+    def losses(self, s_out: Outputs, batch: Batch, t_out: Outputs | None = None, stage: str = "main") -> dict:
+        """The loss terms of a step from the student's outputs (benchmarks time this part on its own)."""
         opt = self.opt
-        s_out = self.runner(batch.images)
         zero = s_out.logits.new_zeros((), dtype=torch.float32)
         if stage == "init":
             loss = self.distiller.init_loss(s_out, t_out, batch).float()
@@ -86,7 +89,7 @@ def to_batch(data, device, channels_last: bool = False) -> Batch:
 
 
 def autocast(opt, device):
-    """bf16 autocast when --amp (CUDA; CPU too, slowly); a no-op context otherwise."""
+    """bf16 autocast when --amp (CUDA; CPU too, slowly); a no-op context otherwise (also for opt None)."""
     if getattr(opt, "amp", False):
         return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -96,24 +99,29 @@ def train_one_epoch(epoch, loader, step_module, inner: DistillStudent, teacher, 
                     device, stage: str = "main", log=print, mixup=None) -> dict:
     """One epoch. ``step_module`` is ``inner`` or its DDP wrapper; ``teacher`` is None for vanilla training.
 
-    Metrics stay on the device and are read once per ``print_freq`` steps and at the end.
+    Metrics stay on the device, summed in one tensor, and are read once per ``print_freq`` steps and at
+    the end. Under ``--compile`` a batch smaller than the first (the last partial one) runs eagerly.
     """
     inner.train()
     if stage == "init":  # RepDistiller: the student trains in init only if its weights are optimised
         trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
         inner.student.train(any(id(p) in trained for p in inner.student.parameters()))
     keys = ("loss", "loss_init") if stage == "init" else ("loss", "loss_cls", "loss_div", "loss_kd")
-    meters = {k: AverageMeter() for k in keys + ("acc1", "acc5")}
+    names = keys + ("acc1", "acc5")
     steps = len(loader)
-    n_seen, t0 = 0, time.time()
+    n_seen, t0, total, full_bs = 0, time.time(), None, None
     distiller = inner.distiller
+    channels_last = getattr(opt, "channels_last", False)
     for step, data in enumerate(loader):
         lr = lr_at(opt, epoch, step, steps) if stage == "main" else optimizer.param_groups[0]["lr"]
         set_lr(optimizer, lr)
-        batch = to_batch(data, device, getattr(opt, "channels_last", False))
+        batch = to_batch(data, device, channels_last)
         if mixup is not None:
             batch = mixup(batch)
-        with autocast(opt, device):
+        bs = batch.targets.size(0)
+        full_bs = full_bs or bs
+        new_step(opt, device)
+        with eager_unless(bs == full_bs, opt), autocast(opt, device):
             t_out = teacher.outputs(batch.images) if teacher is not None else None
             res = step_module(batch, for_student(t_out) if t_out is not None else None, stage)
             loss = res["loss"]
@@ -130,19 +138,19 @@ def train_one_epoch(epoch, loader, step_module, inner: DistillStudent, teacher, 
                     distiller.after_step(res["s_out"], t_out, batch)
             if teacher is not None:
                 teacher.after_step(inner.student)
-        bs = batch.targets.size(0)
-        for k in keys:
-            meters[k].update(res[k].detach(), bs)
-        acc1, acc5 = accuracy(res["logits"].detach(), batch.targets, topk=(1, 5))
-        meters["acc1"].update(acc1, bs)
-        meters["acc5"].update(acc5, bs)
+        with torch.no_grad():
+            acc1, acc5 = accuracy(res["logits"].detach(), batch.targets, topk=(1, 5))
+            stats = torch.stack([res[k].detach().float() for k in keys] + [acc1, acc5]) * bs
+            total = stats if total is None else total + stats
         n_seen += bs
         if opt.print_freq and (step + 1) % opt.print_freq == 0 and dist_util.is_main():
             rate = n_seen * dist_util.world_size() / max(time.time() - t0, 1e-9)
-            log(f"epoch {epoch} [{step + 1}/{steps}] " + " ".join(
-                f"{k} {meters[k].avg:.4f}" for k in keys) + f" acc@1 {meters['acc1'].avg:.2f} "
-                f"lr {lr:.5f} {rate:.0f} img/s")
-    out = {k: dist_util.reduce_mean(m.sum, m.count) for k, m in meters.items()}
+            avg = dict(zip(names, (total / n_seen).tolist()))
+            log(f"epoch {epoch} [{step + 1}/{steps}] " + " ".join(f"{k} {avg[k]:.4f}" for k in keys)
+                + f" acc@1 {avg['acc1']:.2f} lr {lr:.5f} {rate:.0f} img/s")
+    if total is None:
+        total = torch.zeros(len(names), device=device)
+    out = {k: dist_util.reduce_mean(total[i], n_seen) for i, k in enumerate(names)}
     out["lr"] = optimizer.param_groups[0]["lr"]
     out["img_per_s"] = n_seen * dist_util.world_size() / max(time.time() - t0, 1e-9)
     out["time"] = time.time() - t0
@@ -160,12 +168,15 @@ def validate(predict, loader, device, opt=None) -> dict:
     loss_sum = torch.zeros((), device=device)
     count = 0
     channels_last = getattr(opt, "channels_last", False) if opt is not None else False
+    full_bs = None
     for data in loader:
         x = data[0].to(device, non_blocking=True)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y = data[1].to(device, non_blocking=True)
-        with autocast(opt, device) if opt is not None else contextlib.nullcontext():
+        full_bs = full_bs or y.size(0)
+        new_step(opt, device)
+        with eager_unless(y.size(0) == full_bs, opt), autocast(opt, device):
             logits = predict(x)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")

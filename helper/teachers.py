@@ -34,7 +34,8 @@ class FrozenTeacher:
 
     def outputs(self, x: torch.Tensor):
         """Teacher outputs for the student's losses: ordinary tensors without grad."""
-        self.model.eval()
+        if self.model.training:  # a no-op walk over every module per step otherwise
+            self.model.eval()
         if self.inference_mode:
             with torch.inference_mode():
                 out = self.runner(x)
