@@ -23,7 +23,7 @@ from helper.checkpoint import SPLIT, build_teacher
 from helper.engine import count_params, fit, load_resume, place, restore_common, run_main, \
     truncate_metrics, wrap_ddp
 from helper.errors import ConfigError
-from helper.forward import ModelRunner
+from helper.forward import ModelRunner, compile_model
 from helper.logger import RunLogger
 from helper.loops import DistillStudent, train_one_epoch, validate
 from helper.mixup import Mixup
@@ -195,6 +195,9 @@ def main_worker(opt, local_rank=None):
         distiller.load_state_dict(ckpt["distiller"])
         teacher.load_state_dict(ckpt.get("teacher"))
     distiller.prepare(logger.print)
+    if opt.compile:  # after every LayerRecorder hook exists and the one-time eager passes are done
+        for model in (inner.student, teacher.model):
+            compile_model(model, opt.compile_mode)
     if distiller.init_stage and opt.init_epochs > 0:
         if ckpt is None or not ckpt.get("init_done", False):
             run_init_stage(opt, inner, lambda: wrap_ddp(inner, opt, device), teacher, data, device, logger)

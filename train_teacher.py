@@ -15,6 +15,7 @@ from helper import distributed as dist_util
 from helper.engine import count_params, fit, load_resume, place, restore_common, run_main, \
     truncate_metrics, wrap_ddp
 from helper.errors import ConfigError
+from helper.forward import compile_model
 from helper.logger import RunLogger
 from helper.loops import DistillStudent
 from helper.mixup import Mixup
@@ -49,6 +50,8 @@ def main_worker(opt, local_rank=None):
         data = dataset.get_dataloaders(opt, model.input_shape, device=device, rank=opt.rank,
                                        world_size=opt.world_size)
     inner = place(DistillStudent(model, None, opt), opt, device)
+    if opt.compile:
+        compile_model(inner.student, opt.compile_mode)
     step_module = wrap_ddp(inner, opt, device)
     optimizer = build_optimizer(inner.parameters(), opt)
     logger = RunLogger(opt.save_folder, opt.tb_folder)
