@@ -123,6 +123,9 @@ class _FailAt:
     def __len__(self):
         return len(self.loader)
 
+    def __getattr__(self, name):  # anything else a loop may ask of the loader
+        return getattr(self.loader, name)
+
     def __iter__(self):
         for data in self.loader:
             self.done += 1
