@@ -21,7 +21,7 @@ from distiller_zoo import DISTILLERS, BuildContext, build_distiller, get_distill
 from helper import distributed as dist_util
 from helper.checkpoint import SPLIT, build_teacher
 from helper.engine import count_params, fit, load_resume, place, restore_common, run_main, \
-    truncate_metrics, wrap_ddp
+    wrap_ddp
 from helper.errors import ConfigError
 from helper.forward import ModelRunner, compile_model
 from helper.logger import RunLogger
@@ -207,7 +207,6 @@ def main_worker(opt, local_rank=None):
     start_epoch, best_acc, best_epoch = 1, 0.0, 0
     if ckpt is not None:
         start_epoch, best_acc, best_epoch = restore_common(ckpt, optimizer)
-        truncate_metrics(opt.save_folder, start_epoch - 1)
         logger.print(f"==> resumed from {opt.resume} at epoch {start_epoch - 1} (best {best_acc:.2f})")
     n_extra = sum(p.numel() for p in distiller.parameters() if p.requires_grad) / 1e6
     logger.print(f"==> {opt.distill} ({opt.kd_mode}): {t_arch} -> {opt.model_s} ({count_params(student):.2f} M "
@@ -233,7 +232,8 @@ def main_worker(opt, local_rank=None):
 
 
 def main(argv=None):
-    run_main(main_worker, lambda: parse_option(argv))
+    """Run from the command line or from Python; returns the run's summary dict (single process)."""
+    return run_main(main_worker, lambda: parse_option(argv))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 import dataset
 from helper import distributed as dist_util
 from helper.engine import count_params, fit, load_resume, place, restore_common, run_main, \
-    truncate_metrics, wrap_ddp
+    wrap_ddp
 from helper.errors import ConfigError
 from helper.forward import compile_model
 from helper.logger import RunLogger
@@ -60,7 +60,6 @@ def main_worker(opt, local_rank=None):
         ckpt = load_resume(opt, opt.model)
         inner.student.load_state_dict(ckpt["model"])
         start_epoch, best_acc, best_epoch = restore_common(ckpt, optimizer)
-        truncate_metrics(opt.save_folder, start_epoch - 1)
         logger.print(f"==> resumed from {opt.resume} at epoch {start_epoch - 1} (best {best_acc:.2f})")
     logger.print(f"==> {opt.model} ({count_params(model):.2f} M params) on {opt.dataset}, "
                  f"{data.n_train} training images, device {device}, world size {opt.world_size}")
@@ -78,7 +77,8 @@ def main_worker(opt, local_rank=None):
 
 
 def main(argv=None):
-    run_main(main_worker, lambda: parse_option(argv))
+    """Run from the command line or from Python; returns the run's summary dict (single process)."""
+    return run_main(main_worker, lambda: parse_option(argv))
 
 
 if __name__ == "__main__":

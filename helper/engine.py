@@ -24,11 +24,13 @@ from helper.loops import train_one_epoch, validate
 from helper.util import get_rng_state, set_rng_state
 
 
-def run_main(worker, opt_or_error) -> None:
-    """Entry point of both scripts: bad input is one line on stderr and exit code 2."""
+def run_main(worker, opt_or_error):
+    """Entry point of both scripts: bad input is one line on stderr and exit code 2.
+
+    Returns the run's summary (summary.json's content) in a single-process run, None otherwise."""
     try:
         opt = opt_or_error() if callable(opt_or_error) else opt_or_error
-        launch(worker, opt)
+        return launch(worker, opt)
     except ConfigError as e:
         # torchrun starts every rank with the same arguments: one line, not one per rank
         _print_config_error(e, int(os.environ.get("RANK", 0)) if dist_util.launched_by_torchrun() else 0)
@@ -65,14 +67,15 @@ def _exit_failed_rank(e: BaseException) -> None:
     os._exit(code)
 
 
-def _run_worker(worker, opt, local_rank) -> None:
+def _run_worker(worker, opt, local_rank):
     try:
-        worker(opt, local_rank)
+        result = worker(opt, local_rank)
     except BaseException as e:
         if dist_util.is_dist() and dist_util.world_size() > 1:
             _exit_failed_rank(e)
         raise
     dist_util.cleanup()
+    return result
 
 
 def _spawned(local_rank: int, worker, opt) -> None:
@@ -84,7 +87,7 @@ def _spawned(local_rank: int, worker, opt) -> None:
         sys.exit(2)
 
 
-def launch(worker, opt) -> None:
+def launch(worker, opt):
     """Run ``worker(opt, local_rank)`` in this process, under torchrun, or in mp.spawn'd processes.
 
     An exception on any rank of a multi-process run ends that rank with its message (traceback, or the
@@ -111,7 +114,7 @@ def launch(worker, opt) -> None:
     if getattr(opt, "nodes", 1) > 1 and not dist_util.launched_by_torchrun():
         raise ConfigError(f"--world-size {opt.nodes} counts nodes for --multiprocessing-distributed: add that "
                           "flag (with --dist-url and --rank), or start the run with torchrun")
-    _run_worker(worker, opt, None)
+    return _run_worker(worker, opt, None)
 
 
 class _FailAt:
@@ -143,7 +146,8 @@ def _with_fault_hook(loader):
 
 
 def truncate_metrics(save_folder: str, last_epoch: int) -> None:
-    """On resume, drop metric lines of epochs after the checkpoint (they will be run again)."""
+    """Drop metric lines of epochs after ``last_epoch``: they will be run again (resume), or all of
+    them when a run starts afresh in a folder that already holds one."""
     path = os.path.join(save_folder, "metrics.jsonl")
     if not dist_util.is_main() or not os.path.exists(path):
         return
@@ -176,6 +180,7 @@ def fit(opt, *, inner: nn.Module, step_module: nn.Module, teacher, optimizer, da
     distiller = getattr(inner, "distiller", None)
     t_start = time.time()
     last = {}
+    truncate_metrics(save_folder, start_epoch - 1)  # a fresh run in an old folder starts a fresh log
     train_loader = _with_fault_hook(data.train_loader)
     for epoch in range(start_epoch, opt.epochs + 1):
         data.set_epoch(epoch)  # DistributedSampler.set_epoch: a new order every epoch, the same on every rank

@@ -287,3 +287,12 @@ def test_teacher_architecture_sources(tmp_path):
     assert build_teacher(path, 10, "resnet8")[1] == "resnet8"
     with pytest.raises(ConfigError, match="classes"):
         build_teacher(path, 100, "resnet8")
+
+
+def test_main_returns_the_summary_and_a_fresh_run_restarts_the_metrics_log(data_dir, tmp_path):
+    argv = ["--model", "resnet8", "--data_folder", data_dir, "--epochs", "1", "--save_dir", str(tmp_path)] + TINY
+    first = train_teacher.main(argv)
+    second = train_teacher.main(argv)  # a fresh run (no --resume) in the same folder
+    assert first["last_epoch"] == second["last_epoch"] == 1 and "best_acc" in second
+    folder = os.path.join(str(tmp_path), "teachers", "models", "resnet8_vanilla_cifar100_trial_0")
+    assert [json.loads(x)["epoch"] for x in open(os.path.join(folder, "metrics.jsonl"))] == [1]
