@@ -32,10 +32,10 @@ from distiller_zoo import DISTILLERS  # noqa: E402
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=("methods", "cka", "teacher"), required=True)
-    p.add_argument("--teacher", default="resnet56")
-    p.add_argument("--student", default="resnet20")
+    p.add_argument("--teacher", default="resnet20")
+    p.add_argument("--student", default="resnet8")
     p.add_argument("--train_subset", type=int, default=10000, help="student training images (0: all)")
-    p.add_argument("--teacher_subset", type=int, default=0, help="teacher training images (0: all 60,000)")
+    p.add_argument("--teacher_subset", type=int, default=30000, help="teacher training images (0: all 60,000)")
     p.add_argument("--epochs", type=int, default=10, help="student epochs")
     p.add_argument("--teacher_epochs", type=int, default=10)
     p.add_argument("--batch_size", type=int, default=64)
