@@ -268,6 +268,9 @@ class CKAGroup(Distiller):
     def log_tensorboard(self, writer, epoch: int) -> None:
         if self._epoch_batches == 0:
             return
+        if writer is None:  # ranks other than 0: nothing to write, only the reset below
+            self._reset_epoch_stats()
+            return
         mean_group = (self._group_sum / self._epoch_batches).tolist()
         for i, v in enumerate(mean_group):
             writer.add_scalar(f"cka_group/group_{i}", v, epoch)
@@ -275,6 +278,9 @@ class CKAGroup(Distiller):
         writer.add_scalar("cka_group/diag_mean", float(np.dot(self.weights, mean_group)), epoch)
         if self.log_every and (epoch % self.log_every == 0 or epoch == 1):
             writer.add_image("cka_group/student_x_teacher", _heatmap(mean_c), epoch, dataformats="CHW")
+        self._reset_epoch_stats()
+
+    def _reset_epoch_stats(self) -> None:
         self._epoch_sum.zero_()
         self._group_sum = torch.zeros_like(self._group_sum)
         self._epoch_batches = 0

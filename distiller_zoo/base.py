@@ -124,7 +124,8 @@ class Distiller(nn.Module):
         before any training (cka_group's grouping pass); state restored from a checkpoint is reused."""
 
     def log_tensorboard(self, writer, epoch: int) -> None:
-        """Method-specific diagnostics, once per epoch on rank 0 (cka_group's CKA curves)."""
+        """Method-specific diagnostics, once per epoch on every rank; ``writer`` is None where nothing
+        is written (ranks other than 0, no TensorBoard), so per-epoch statistics still reset there."""
 
     # ---- initialisation stage (FitNet, AB, FT, FSP) -------------------------------------------
     def init_parameters(self, model_s: nn.Module) -> list:

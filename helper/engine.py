@@ -198,7 +198,7 @@ def fit(opt, *, inner: nn.Module, step_module: nn.Module, teacher, optimizer, da
                      f"best {best_acc:.2f} | {tr['time']:.1f}s {tr['img_per_s']:.0f} img/s")
         logger.scalars("train", {k: v for k, v in tr.items() if k not in ("time",)}, epoch)
         logger.scalars("test", {k: v for k, v in val.items() if k != "count"}, epoch)
-        if distiller is not None and logger.writer is not None:
+        if distiller is not None:  # every rank: a distiller resets its epoch statistics there too
             distiller.log_tensorboard(logger.writer, epoch)
         last = {"epoch": epoch, "train": tr, "test": val, "best_acc": best_acc, "best_epoch": best_epoch}
         logger.epoch({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc1"], "test_acc": val["acc1"],
