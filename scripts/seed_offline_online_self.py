@@ -42,16 +42,18 @@ def parse(argv=None):
     p.add_argument("--self_ema", type=float, default=0.999, help="EMA decay of the self-distillation teacher")
     p.add_argument("--kd_T", type=float, default=4.0)
     sc.add_common_args(p, dataset="CIFAR-100", save_name="offline_online_self")
+    p.add_argument("--dataset", default="cifar100", choices=("cifar100", "fashionmnist"),
+                   help="the seed's cifar100, or Fashion-MNIST (installable offline) to run the same protocol here")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse(argv)
-    sc.require_dataset(args, "cifar100")
+    sc.require_dataset(args, args.dataset)
     recipe = ["--optimizer", "sgd", "--learning_rate", str(args.learning_rate), "--momentum", "0.9",
               "--weight_decay", "5e-4", "--lr_schedule", "cosine",
               "--warmup_epochs", "0" if args.smoke else str(args.warmup_epochs)]
-    common = sc.common_flags(args, "cifar100", batch_size=64) + recipe
+    common = sc.common_flags(args, args.dataset, batch_size=64) + recipe
     e = sc.epochs(args, args.epochs)
     kd = ["--distill", "kd", "-c", "1", "-d", "1", "-b", "0", "--kd_T", str(args.kd_T)]
 

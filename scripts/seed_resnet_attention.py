@@ -38,13 +38,15 @@ def parse(argv=None):
     p.add_argument("--teacher_epochs", type=int, default=30)
     p.add_argument("--epochs", type=int, default=30, help="student epochs")
     sc.add_common_args(p, dataset="CIFAR-10", save_name="resnet_attention")
+    p.add_argument("--dataset", default="cifar10", choices=("cifar10", "fashionmnist"),
+                   help="the seed's cifar10, or Fashion-MNIST (installable offline) to run the same protocol here")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse(argv)
-    sc.require_dataset(args, "cifar10")
-    common = sc.common_flags(args, "cifar10", batch_size=128) + RECIPE
+    sc.require_dataset(args, args.dataset)
+    common = sc.common_flags(args, args.dataset, batch_size=128) + RECIPE
     e_s = sc.epochs(args, args.epochs)
     runs = {}
     if args.path_t:

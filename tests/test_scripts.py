@@ -570,6 +570,17 @@ def test_seed_vgg_cifar10_smoke(tmp_path, cifar_folders):
     assert _summary(runs["Cosine loss (0.5/0.5)"]["folder"])["distill"] == "cosine"
 
 
+def test_seed_vgg_protocol_runs_on_fashionmnist(tmp_path):
+    """--dataset fashionmnist: the CIFAR-10 seeds' protocols on the dataset installable offline."""
+    folder = str(tmp_path / "data")
+    fakedata.make_idx(folder, n_train=300, n_test=200)
+    save = tmp_path / "runs"
+    run_seed("seed_vgg_cifar10.py", "--smoke", "--dataset", "fashionmnist", "--data_folder", folder,
+             "--save_dir", save, "--model_t", "resnet14", "--model_s", "resnet8", "--device", "cpu")
+    runs = _results(save, "seed_vgg_cifar10")["runs"]
+    assert len(runs) == 4 and {_params(v["folder"])["dataset"] for v in runs.values()} == {"fashionmnist"}
+
+
 def test_seed_resnet_attention_smoke(tmp_path, cifar_folders):
     save = tmp_path / "runs"
     r = run_seed("seed_resnet_attention.py", "--smoke", "--data_folder", cifar_folders[0], "--save_dir", save,
