@@ -19,6 +19,10 @@ Configurations (each a row of the JSON, ``paths`` says which speed paths it has 
 * ``<method>/on``: bf16 autocast + channels_last + inference_mode teacher (+ torch.compile where enabled);
 * ``kd/amp``, ``kd/channels_last``, ``kd/compile``: one path switched on from ``kd/default``.
 
+On a CPU without native bf16 (AVX512-BF16/AMX), autocast emulates it: each ``/on`` and ``kd/amp`` step then
+takes tens of seconds for resnet32x4 (measured on a 2-core AMD EPYC: about a minute per warm-up step), so
+CPU runs in BENCHMARKS.md leave those rows out with ``--only``; --amp is a GPU speed path.
+
 Timing: warm-up steps first (torch.compile compiles there), then ``--repeats`` windows of ``--iters``
 steps for every configuration, round-robin, so that load from other processes spreads over all of them;
 the median window is reported. On CUDA every window starts and ends with ``torch.cuda.synchronize()``.
