@@ -19,8 +19,8 @@ It prints the test accuracy of every epoch of the three students, saves the tabl
     python scripts/seed_mnist_response_vs_feature.py --dataset fashionmnist            # Debian's copy
     python scripts/seed_mnist_response_vs_feature.py --dataset fashionmnist --smoke    # CI-sized
 
-Differences from the seed's notebook: every student starts from the same initialisation (--seed), and
-the loader's training augmentation (random 2-pixel shifts) is on; the seed used none.
+As in the seed, no training augmentation (``--no_augment``: shuffled images, no crop or flip). One
+difference from the seed's notebook: every student starts from the same initialisation (--seed).
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def plot_curves(path: str, curves: dict, title: str) -> str | None:
 def main(argv=None) -> None:
     args = parse(argv)
     sc.require_dataset(args, args.dataset)
-    common = sc.common_flags(args, args.dataset, batch_size=64) + ADAM
+    common = sc.common_flags(args, args.dataset, batch_size=64) + ADAM + ["--no_augment"]  # the seed: ToTensor only
     e_s = sc.epochs(args, args.epochs)
 
     if args.path_t:

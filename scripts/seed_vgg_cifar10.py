@@ -18,9 +18,9 @@ our choice; the seed downloaded a pretrained one), or given with --path_t.
     python scripts/seed_vgg_cifar10.py --data_folder ./data
     python scripts/seed_vgg_cifar10.py --data_folder ./data --smoke
 
-Differences from the seed's notebook: the loader normalises with CIFAR-10's mean/std and augments
-(random crop + flip); the seed used raw [0, 1] pixels without augmentation, so its pretrained teacher
-(``{'state_dict': ...}``, loadable with --path_t) loses accuracy on our inputs.
+As in the seed, no training augmentation (``--no_augment``). One difference from the seed's notebook:
+the loader normalises with CIFAR-10's mean/std where the seed used raw [0, 1] pixels, so its pretrained
+teacher (``{'state_dict': ...}``, loadable with --path_t) loses accuracy on our inputs.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def parse(argv=None):
 def main(argv=None) -> None:
     args = parse(argv)
     sc.require_dataset(args, args.dataset)
-    common = sc.common_flags(args, args.dataset, batch_size=128)
+    common = sc.common_flags(args, args.dataset, batch_size=128) + ["--no_augment"]  # the seed: ToTensor only
     e_s = sc.epochs(args, args.epochs)
     if args.path_t:
         path_t, teacher_acc = args.path_t, None

@@ -537,6 +537,7 @@ def test_seed_mnist_smoke(tmp_path):
     assert (feat["distill"], feat["hint_layer"], feat["hint_regressor"], feat["hint_norm"], feat["init_epochs"],
             feat["cls"], feat["div"], feat["beta"]) == ("hint", -1, "linear", True, 0, 0.7, 0.0, 0.3)
     assert (feat["optimizer"], feat["learning_rate"], feat["train_subset"], feat["epochs"]) == ("adam", 1e-3, 200, 1)
+    assert feat["no_augment"] and _params(runs["Output distillation (KD, T=3)"]["folder"])["no_augment"]  # as the seed
     assert "| Label only |" in r.stdout
     try:
         import matplotlib  # noqa: F401
@@ -563,7 +564,7 @@ def test_seed_vgg_cifar10_smoke(tmp_path, cifar_folders):
     assert res["same_init"] and len({v["init"] for v in runs.values()}) == 1
     kd = _params(runs["KD (T=10, 0.5/0.5)"]["folder"])
     assert (kd["cls"], kd["div"], kd["kd_T"], kd["optimizer"], kd["learning_rate"], kd["lr_schedule"],
-            kd["weight_decay"]) == (0.5, 0.5, 10.0, "adam", 0.01, "cosine", 0.0)
+            kd["weight_decay"], kd["no_augment"]) == (0.5, 0.5, 10.0, "adam", 0.01, "cosine", 0.0, True)
     hint = _params(runs["Regressor + MSE (0.5/0.5)"]["folder"])
     assert (hint["hint_layer"], hint["hint_regressor"], hint["init_epochs"], hint["cls"], hint["beta"]) == (
         -2, "convbn", 0, 0.5, 0.5)
