@@ -42,6 +42,8 @@ def parse(argv=None):
     p.add_argument("--seeds", default="1,2,3", help="trials of the cka suite")
     p.add_argument("--methods", default="all", help="comma-separated --distill names of the methods suite")
     p.add_argument("--cka_beta", type=float, default=1.0)
+    p.add_argument("--cka_variants", default="dp,uniform,random",
+                   help="cka_group groupings of the cka suite (a subset lets a second process share the work)")
     p.add_argument("--data_folder", default="./data")
     p.add_argument("--save_dir", default="./save/fashion")
     p.add_argument("--device", default="auto")
@@ -153,7 +155,7 @@ def main(argv=None):
         configs = [("kd", "", ["--distill", "kd", "-c", "1", "-d", "1", "-b", "0"])] + [
             (f"cka_group {g}", f"grouping-{g}", ["--distill", "cka_group", "-c", "1", "-d", "1", "-b",
                                                  str(a.cka_beta), "--cka_grouping", g])
-            for g in ("dp", "uniform", "random")]
+            for g in a.cka_variants.split(",")]
         table = {"baseline (CE)": [train_teacher_run(a, a.student, a.epochs, a.train_subset, t) for t in trials]}
         for label, tag, flags in configs:
             table[label] = [student_run(a, label, flags, t, path_t, tag) for t in trials]
