@@ -8,6 +8,7 @@ joins a torchrun group. ``fit`` runs epochs from ``start_epoch``: train, validat
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -19,7 +20,7 @@ from torch import nn
 
 from helper import distributed as dist_util
 from helper.checkpoint import atomic_save, load_file, options_dict
-from helper.errors import ConfigError
+from helper.errors import ConfigError, TrainingDiverged
 from helper.loops import train_one_epoch, validate
 from helper.util import get_rng_state, set_rng_state
 
@@ -188,6 +189,10 @@ def fit(opt, *, inner: nn.Module, step_module: nn.Module, teacher, optimizer, da
             mixup.set_epoch(epoch)
         tr = train_one_epoch(epoch, train_loader, step_module, inner, teacher, optimizer, opt, device,
                              log=logger.print, mixup=mixup)
+        if not math.isfinite(tr["loss"]):
+            raise TrainingDiverged(
+                f"the training loss became {tr['loss']} in epoch {epoch}: the run diverged; lower -b/--beta or "
+                f"--learning_rate (nothing of epoch {epoch} was saved; earlier epochs' checkpoints stay in {save_folder})")
         inner.eval()  # BatchNorm on its running statistics (train_one_epoch sets train mode again)
         val = validate(inner.predict, data.val_loader, device, opt)
         is_best = best_epoch == 0 or val["acc1"] > best_acc  # the first epoch is always a best

@@ -224,6 +224,30 @@ def test_failed_run_loses_nothing_already_saved(data_dir, teacher_ckpt, tmp_path
     assert {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)} == before
 
 
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_earlier_epochs(data_dir, teacher_ckpt, tmp_path, capsys):
+    """A NaN/inf training loss ends the run at the end of that epoch (one line, exit 2), before anything of
+    that epoch is saved: the checkpoints of the finite epochs stay as they were."""
+    save = str(tmp_path)
+    argv = ["--path_t", teacher_ckpt, "--model_s", "resnet8", "--data_folder", data_dir, "--save_dir", save,
+            "--epochs", "1", "--skip-validation", "--seed", "1"] + TINY
+    run_ok(train_student.main, argv)
+    folder = student_folder(save, "resnet8", "resnet14", "kd", "1.0", "1.0", "0.0")
+    last = os.path.join(folder, "resnet8_last.pth")
+    before = {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder) if f.endswith(".pth")}
+    assert last in [os.path.join(folder, f) for f in before]
+    # resume for a second epoch with a learning rate no network survives
+    ckpt = torch.load(last, weights_only=False)
+    for g in ckpt["optimizer"]["param_groups"]:
+        g["lr"] = 1e30
+    torch.save(ckpt, last)
+    before[os.path.basename(last)] = open(last, "rb").read()
+    msg = run_fails(train_student.main, argv[:argv.index("--epochs") + 1] + ["2"] + argv[argv.index("--epochs") + 2:]
+                    + ["--resume", last, "--learning_rate", "1e30"], capsys)
+    assert "diverged" in msg and "epoch 2" in msg and "-b/--beta" in msg
+    after = {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder) if f.endswith(".pth")}
+    assert after == before
+
+
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = str(tmp_path / "ckpt.pth")
     atomic_save({"a": torch.ones(3)}, path)
