@@ -119,9 +119,17 @@ def test_teacher_resume_is_exact(data_dir, tmp_path):
 
 # ------------------------------------------------------------------------------------------ students
 
+# -b 1 for every method but CC, whose unnormalised embedding correlation diverges at 1 on these tiny random
+# models (NaN in epoch 2: the loop then stops the run); 0.02 is its published weight
+BETA = {"correlation": "0.02"}
+
+
+def _beta(name):
+    return "0" if not DISTILLERS[name].has_loss else BETA.get(name, "1")
+
+
 def _method_args(name):
-    cls = DISTILLERS[name]
-    args = ["--distill", name, "-c", "1", "-d", "1", "-b", "0" if not cls.has_loss else "1",
+    args = ["--distill", name, "-c", "1", "-d", "1", "-b", _beta(name),
             "--nce_k", "32", "--init_epochs", "1", "--cka_images", "32"]
     return args
 
@@ -132,8 +140,7 @@ def test_every_method_trains_saves_and_resumes(name, data_dir, teacher_ckpt, tmp
     argv = ["--path_t", teacher_ckpt, "--model_s", "resnet8", "--data_folder", data_dir, "--save_dir", save,
             "--skip-validation"] + TINY + _method_args(name)
     run_ok(train_student.main, argv + ["--epochs", "1"])
-    beta = "0.0" if not DISTILLERS[name].has_loss else "1.0"
-    folder = student_folder(save, "resnet8", "resnet14", name, "1.0", "1.0", beta)
+    folder = student_folder(save, "resnet8", "resnet14", name, "1.0", "1.0", str(float(_beta(name))))
     last = os.path.join(folder, "resnet8_last.pth")
     ckpt = load_file(last)
     assert ckpt["epoch"] == 1 and ckpt["distill"] == name and ckpt["teacher_arch"] == "resnet14"
@@ -151,8 +158,7 @@ def test_student_resume_is_exact(name, data_dir, teacher_ckpt, tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     run_ok(train_student.main, base + ["--epochs", "2", "--save_dir", one])
     run_ok(train_student.main, base + ["--epochs", "1", "--save_dir", two])
-    beta = "0.0" if not DISTILLERS[name].has_loss else "1.0"
-    rel = os.path.relpath(student_folder(two, "resnet8", "resnet14", name, "1.0", "1.0", beta), two)
+    rel = os.path.relpath(student_folder(two, "resnet8", "resnet14", name, "1.0", "1.0", str(float(_beta(name)))), two)
     last2 = os.path.join(two, rel, "resnet8_last.pth")
     run_ok(train_student.main, base + ["--epochs", "2", "--save_dir", two, "--resume", last2])
     a, b = load_file(os.path.join(one, rel, "resnet8_last.pth")), load_file(last2)
