@@ -60,7 +60,7 @@ import train_teacher  # noqa: E402
 from dataset.base import ArraySplit  # noqa: E402
 from distiller_zoo import BuildContext, build_distiller, get_distiller_class  # noqa: E402
 from helper.engine import place  # noqa: E402
-from helper.forward import compile_model, new_step  # noqa: E402
+from helper.forward import COMPILE_MODES, compile_model, new_step  # noqa: E402
 from helper.loops import DistillStudent, autocast, to_batch, train_one_epoch  # noqa: E402
 from helper.optim import build_optimizer  # noqa: E402
 from helper.teachers import FrozenTeacher, for_student  # noqa: E402
@@ -425,8 +425,7 @@ def parse_args(argv=None):
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                    help="auto: every method on CUDA, kd only on CPU (each compile takes minutes there), none in "
                         "--smoke; on: every method")
-    p.add_argument("--compile_mode", default="default",
-                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    p.add_argument("--compile_mode", default="default", choices=COMPILE_MODES)
     p.add_argument("--breakdown", action="store_true", help="also time the phases of a step (synchronised)")
     p.add_argument("--breakdown_configs", default="kd/default,kd/on,crd/default,semckd/default,cka_group/default")
     p.add_argument("--no_loader", action="store_true", help="skip the loader benchmark")

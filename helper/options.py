@@ -8,6 +8,7 @@ import argparse
 import os
 
 from helper.errors import ConfigError
+from helper.forward import COMPILE_MODES
 from helper.optim import default_lr
 from helper.util import parse_int_list, seed_from_trial
 
@@ -65,7 +66,7 @@ def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
                    help="torch.compile the student's and the teacher's forwards (static shapes; the last "
                         "partial batch runs eagerly)")
     g.add_argument("--compile_mode", default="default",
-                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   choices=COMPILE_MODES,
                    help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
 
     g = p.add_argument_group("distributed")

@@ -71,6 +71,13 @@ teacher_folder() {  # model dataset trial
   echo "$SAVE/teachers/models/${1}_vanilla_${2}_trial_${3}"
 }
 
+# RepDistiller's 11 CIFAR-100 teacher:student pairs (its Tables 1 and 2)
+REPD_PAIRS="resnet56:resnet20 resnet110:resnet32 resnet32x4:resnet8x4 wrn_40_2:wrn_16_2 wrn_40_2:wrn_40_1 vgg13:vgg8 ResNet50:MobileNetV2 resnet32x4:ShuffleV1 resnet32x4:ShuffleV2 wrn_40_2:ShuffleV1 vgg13:MobileNetV2"
+
+default_teacher_path() {  # dataset trial -> a TEACHER_PATH pattern, {t} = teacher name
+  echo "$(teacher_folder '{t}' "$1" "$2")/{t}_last.pth"
+}
+
 student_folder() {  # student teacher dataset distill weights trial
   local c d b
   read -r c d b <<< "$(weights_cdb "$5")"

@@ -18,6 +18,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import fashion_experiments as fe  # noqa: E402  (the same run flags and schedule)
 import train_student  # noqa: E402
 import train_teacher  # noqa: E402
 from helper.checkpoint import SPLIT  # noqa: E402
@@ -39,24 +40,8 @@ def parse():
     return p.parse_args()
 
 
-def schedule(epochs: int) -> list:
-    """RepDistiller's step decay, compressed: x0.1 at 5/8, 3/4 and 7/8 of the run (150/180/210 of 240)."""
-    return sorted({max(1, round(epochs * f)) for f in (0.625, 0.75, 0.875)})
-
-
 def common(a, epochs) -> list:
-    return ["--dataset", "fashionmnist", "--data_folder", a.data_folder, "--train_subset", str(a.train_subset),
-            "--epochs", str(epochs), "--lr_decay_epochs", ",".join(map(str, schedule(epochs))),
-            "--batch_size", str(a.batch_size), "--save_dir", a.save_dir, "--device", a.device,
-            "--print_freq", "0", "--save_freq", "0"]
-
-
-def run(fn, argv) -> None:
-    try:
-        fn(argv)
-    except SystemExit as e:  # a ConfigError already printed its one line
-        if e.code not in (0, None):
-            raise SystemExit(e.code) from None
+    return fe.common(a, epochs, a.train_subset)
 
 
 def summary(folder: str) -> dict:
@@ -71,11 +56,11 @@ def main():
     teacher_dir = os.path.join(a.save_dir, "teachers", "models",
                                f"{a.teacher}_vanilla_fashionmnist_trial_{a.trial}")
     print(f"==> [1/4] teacher {a.teacher}: {a.epochs_t} epochs", flush=True)
-    run(train_teacher.main, ["--model", a.teacher, "--trial", a.trial] + common(a, a.epochs_t))
+    fe.call(train_teacher.main, ["--model", a.teacher, "--trial", a.trial] + common(a, a.epochs_t))
     rows.append(("teacher", a.teacher, summary(teacher_dir)))
 
     print(f"==> [2/4] baseline: {a.student} without distillation", flush=True)
-    run(train_teacher.main, ["--model", a.student, "--trial", a.trial] + common(a, a.epochs_s))
+    fe.call(train_teacher.main, ["--model", a.student, "--trial", a.trial] + common(a, a.epochs_s))
     rows.append(("baseline (CE)", a.student, summary(os.path.join(
         a.save_dir, "teachers", "models", f"{a.student}_vanilla_fashionmnist_trial_{a.trial}"))))
 
@@ -86,7 +71,7 @@ def main():
         print(f"==> [{i}/4] {label}: {a.teacher} -> {a.student}", flush=True)
         argv = ["--path_t", path_t, "--model_s", a.student, "--distill", distill, "--trial", a.trial,
                 "--skip-validation"] + weights + common(a, a.epochs_s)
-        run(train_student.main, argv)
+        fe.call(train_student.main, argv)
         opt = train_student.parse_option(argv)
         train_student.name_run(opt, a.teacher)
         rows.append((label, a.student, summary(opt.save_folder)))

@@ -48,10 +48,8 @@ source scripts/lib_runs.sh
 : "${DATA:=./data}"
 : "${DATASET:=cifar100}"
 : "${TEACHER_TRIAL:=0}"
-if [[ -z ${TEACHER_PATH:-} ]]; then
-  TEACHER_PATH="$SAVE/teachers/models/{t}_vanilla_${DATASET}_trial_${TEACHER_TRIAL}/{t}_last.pth"
-fi
-: "${PAIRS:=resnet56:resnet20 resnet110:resnet32 resnet32x4:resnet8x4 wrn_40_2:wrn_16_2 wrn_40_2:wrn_40_1 vgg13:vgg8 ResNet50:MobileNetV2 resnet32x4:ShuffleV1 resnet32x4:ShuffleV2 wrn_40_2:ShuffleV1 vgg13:MobileNetV2}"
+: "${TEACHER_PATH:=$(default_teacher_path "$DATASET" "$TEACHER_TRIAL")}"
+: "${PAIRS:=$REPD_PAIRS}"
 ALL_METHODS="kd hint attention similarity correlation vid rkd pkt abound factor fsp nst kdsvd crd semckd srrl simkd cosine cka_group"
 : "${METHODS:=$ALL_METHODS}"
 

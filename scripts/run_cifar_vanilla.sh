@@ -15,7 +15,7 @@
 #   DATA       folder holding cifar-100-python/ (default ./data)
 #   DATASET    cifar100 (default) or cifar10
 #   ROLE       all (default), teachers or students
-#   PAIRS      space-separated teacher:student pairs (default: the 11 standard pairs below)
+#   PAIRS      space-separated teacher:student pairs (default: RepDistiller's 11, REPD_PAIRS in lib_runs.sh)
 #   SAVE, LOG_DIR, DRY_RUN, SKIP_DONE, RESUME, EXTRA_ARGS, PYTHON: see scripts/lib_runs.sh
 #
 # Output: $SAVE/teachers/models/<model>_vanilla_<dataset>_trial_<n>/ (metrics.jsonl, summary.json,
@@ -29,7 +29,7 @@ source scripts/lib_runs.sh
 : "${DATA:=./data}"
 : "${DATASET:=cifar100}"
 : "${ROLE:=all}"
-: "${PAIRS:=resnet56:resnet20 resnet110:resnet32 resnet32x4:resnet8x4 wrn_40_2:wrn_16_2 wrn_40_2:wrn_40_1 vgg13:vgg8 ResNet50:MobileNetV2 resnet32x4:ShuffleV1 resnet32x4:ShuffleV2 wrn_40_2:ShuffleV1 vgg13:MobileNetV2}"
+: "${PAIRS:=$REPD_PAIRS}"
 
 [[ $TRIALS =~ ^[0-9]+$ ]] || die "TRIALS=$TRIALS: give a number of trials"
 case $ROLE in all | teachers | students) ;; *) die "ROLE=$ROLE: use all, teachers or students" ;; esac

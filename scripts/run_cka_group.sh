@@ -33,9 +33,7 @@ source scripts/lib_runs.sh
 : "${DATA:=./data}"
 : "${DATASET:=cifar100}"
 : "${TEACHER_TRIAL:=0}"
-if [[ -z ${TEACHER_PATH:-} ]]; then
-  TEACHER_PATH="$SAVE/teachers/models/{t}_vanilla_${DATASET}_trial_${TEACHER_TRIAL}/{t}_last.pth"
-fi
+: "${TEACHER_PATH:=$(default_teacher_path "$DATASET" "$TEACHER_TRIAL")}"
 : "${PAIRS:=resnet32x4:resnet8x4 wrn_40_2:wrn_16_2 vgg13:vgg8 resnet32x4:ShuffleV2}"
 : "${ABLATIONS:=grouping groups estimator pool}"
 : "${BASELINE:=1}"

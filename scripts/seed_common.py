@@ -36,7 +36,11 @@ class RunFailed(RuntimeError):
     pass
 
 
-def add_common_args(p: argparse.ArgumentParser, *, dataset: str, save_name: str) -> None:
+def add_common_args(p: argparse.ArgumentParser, *, dataset: str, save_name: str, native: str) -> None:
+    """Flags every seed script shares. ``native`` is the seed's own dataset (the --dataset default);
+    Fashion-MNIST, installable offline, runs the same protocol where the seed's dataset is not at hand."""
+    p.add_argument("--dataset", default=native, choices=(native, "fashionmnist"),
+                   help=f"the seed's {native}, or fashionmnist to run the same protocol on Fashion-MNIST")
     p.add_argument("--data_folder", default="./data", help=f"where the {dataset} files are")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
     p.add_argument("--save_dir", default=os.path.join("save", "seeds", save_name),

@@ -36,14 +36,13 @@ ADAM = ["--optimizer", "adam", "--learning_rate", "1e-3", "--weight_decay", "0"]
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashionmnist"))
     p.add_argument("--model_t", default="cnn_mnist_teacher", help="teacher (the seed's CNN by default)")
     p.add_argument("--model_s", default="cnn_mnist_student", help="student (the seed's CNN by default)")
     p.add_argument("--teacher_epochs", type=int, default=8)
     p.add_argument("--epochs", type=int, default=3, help="student epochs")
     p.add_argument("--path_t", default=None, help="use this trained teacher instead of training one")
     p.add_argument("--plot", default=None, help="PNG of the accuracy curves (default <save_dir>/seed_mnist.png)")
-    sc.add_common_args(p, dataset="MNIST", save_name="mnist_response_vs_feature")
+    sc.add_common_args(p, dataset="MNIST", save_name="mnist_response_vs_feature", native="mnist")
     return p.parse_args(argv)
 
 

@@ -41,9 +41,7 @@ def parse(argv=None):
     p.add_argument("--mixup_alpha", type=float, default=1.0)
     p.add_argument("--self_ema", type=float, default=0.999, help="EMA decay of the self-distillation teacher")
     p.add_argument("--kd_T", type=float, default=4.0)
-    sc.add_common_args(p, dataset="CIFAR-100", save_name="offline_online_self")
-    p.add_argument("--dataset", default="cifar100", choices=("cifar100", "fashionmnist"),
-                   help="the seed's cifar100, or Fashion-MNIST (installable offline) to run the same protocol here")
+    sc.add_common_args(p, dataset="CIFAR-100", save_name="offline_online_self", native="cifar100")
     return p.parse_args(argv)
 
 

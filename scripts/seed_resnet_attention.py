@@ -37,9 +37,7 @@ def parse(argv=None):
     p.add_argument("--path_t", default=None, help="a trained teacher checkpoint instead of training one")
     p.add_argument("--teacher_epochs", type=int, default=30)
     p.add_argument("--epochs", type=int, default=30, help="student epochs")
-    sc.add_common_args(p, dataset="CIFAR-10", save_name="resnet_attention")
-    p.add_argument("--dataset", default="cifar10", choices=("cifar10", "fashionmnist"),
-                   help="the seed's cifar10, or Fashion-MNIST (installable offline) to run the same protocol here")
+    sc.add_common_args(p, dataset="CIFAR-10", save_name="resnet_attention", native="cifar10")
     return p.parse_args(argv)
 
 
