@@ -20,17 +20,16 @@ import dataset
 from distiller_zoo import DISTILLERS, BuildContext, build_distiller, get_distiller_class
 from helper import distributed as dist_util
 from helper.checkpoint import SPLIT, build_teacher
-from helper.engine import count_params, fit, load_resume, place, restore_common, run_main, \
-    wrap_ddp
+from helper.engine import TrainRun, count_params, fit, load_resume, place, run_main, wrap_ddp
 from helper.errors import ConfigError
-from helper.forward import ModelRunner, compile_model
+from helper.forward import ModelRunner, compile_model, transform_key
 from helper.logger import RunLogger
-from helper.loops import DistillStudent, train_one_epoch, validate
+from helper.loops import DistillStudent, Run, train_one_epoch, uses_strong_view, validate
 from helper.mixup import Mixup
 from helper.optim import build_optimizer
 from helper.options import add_common_args, finish_common
 from helper.teachers import EMATeacher, FrozenTeacher, PeerTeacher
-from helper.util import set_seed
+from helper.util import RNGStream, set_seed
 from models import model_dict
 
 
@@ -50,12 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the KD term KL(student/T || teacher/T) * T^2")
     g.add_argument("-b", "--beta", type=float, default=0.0,
                    help="weight of the method's own loss (NOT the batch size: that is --batch_size)")
-    g.add_argument("--kd_T", type=float, default=4.0, help="KD temperature")
-    g.add_argument("--init_epochs", type=int, default=30, help="epochs of a method's init stage")
+    g.add_argument("--kd_T", type=float, default=4.0, help="KD temperature (logit standardisation's base T)")
+    g.add_argument("--logit_stand", action="store_true",
+                   help="logit standardisation (Sun et al. 2024): z-score student and teacher logits per sample "
+                        "before every temperature-scaled logit loss (the -d term, dkd, mlkd, ctkd)")
+    g.add_argument("--beta_warmup", type=float, default=0.0,
+                   help="ramp -b linearly over W epochs: beta * min(epoch / W, 1) (DKD/ReviewKD/OFD: 20)")
+    g.add_argument("--div_warmup", type=float, default=0.0,
+                   help="ramp -d linearly over W epochs: div * min(epoch / W, 1)")
+    g.add_argument("--init_epochs", type=int, default=30,
+                   help="epochs of a method's init stage (FitNet: 0, RepDistiller's joint training)")
     g.add_argument("--skip-validation", "--skip_validation", dest="skip_validation", action="store_true",
                    help="do not evaluate the teacher before training")
     g = p.add_argument_group("method options (RepDistiller/SemCKD/SimKD)")
-    g.add_argument("--hint_layer", type=int, default=1, help="FitNet: index into the stage features")
+    g.add_argument("--hint_layer", type=int, default=2,
+                   help="FitNet: index into the stage features (RepDistiller: 2; SemCKD: 1)")
     g.add_argument("--feat_dim", type=int, default=128, help="CRD/CC embedding dimension")
     g.add_argument("--mode", default="exact", choices=("exact", "relax"), help="CRD positives")
     g.add_argument("--nce_k", type=int, default=16384, help="CRD negatives per anchor")
@@ -69,11 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def given_dests(parser: argparse.ArgumentParser, argv) -> set:
+    """The option names (dests) the command line set explicitly."""
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_known_args(argv)[0]))
+
+
 def parse_option(argv=None):
-    opt = build_parser().parse_args(argv)
+    parser = build_parser()
+    opt = parser.parse_args(argv)
     if opt.model_s not in model_dict:
         raise ConfigError(f"unknown --model_s {opt.model_s!r}; choose one of: {', '.join(sorted(model_dict))}")
-    get_distiller_class(opt.distill)
+    cls = get_distiller_class(opt.distill)
+    # a method's own codebase's defaults for the flags the user did not give (FitNet: joint at layer 2)
+    given = given_dests(parser, argv)
+    for dest, value in cls.defaults.items():
+        if dest not in given:
+            setattr(opt, dest, value)
+    opt.method_defaults = sorted(k for k in cls.defaults if k not in given)
     if opt.kd_mode == "offline" and not opt.path_t:
         raise ConfigError("--path_t is required: give the teacher's checkpoint "
                           "(e.g. save/teachers/models/<model>_vanilla_<dataset>_trial_0/<model>_best.pth), "
@@ -82,6 +105,12 @@ def parse_option(argv=None):
         raise ConfigError("--kd_mode online needs a peer: --model_t <name> (fresh) or --path_t <checkpoint>")
     if opt.cls == 0 and opt.div == 0 and opt.beta == 0:
         raise ConfigError("-c, -d and -b are all 0: there is no loss to train with")
+    if opt.optimizer == "dot" and opt.cls == 0:
+        raise ConfigError("--optimizer dot gives the cross-entropy and the distillation gradients their own "
+                          "momentum: it needs -c > 0")
+    for name in ("beta_warmup", "div_warmup"):
+        if getattr(opt, name) < 0:
+            raise ConfigError(f"--{name} {getattr(opt, name)}: give a number of epochs >= 0")
     finish_common(opt, opt.model_s)
     return opt
 
@@ -109,126 +138,216 @@ def make_teacher_model(opt, num_classes):
 
 @torch.no_grad()
 def probe(model, needs, input_shape, device) -> "Outputs":
-    """One forward of a batch of 2 in eval mode: the shapes distillers are built from."""
+    """One forward of a batch of 2 in eval mode: the shapes distillers are built from. Its input comes
+    from a generator of its own: probing draws nothing from any random stream of a run."""
     was_training = model.training
     model.eval()
     runner = ModelRunner(model, needs)
-    out = runner(torch.randn(2, *input_shape, device=device))
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    out = runner(x)
     runner.close()
     model.train(was_training)
     return out
 
 
-def run_init_stage(opt, inner, step_factory, teacher, data, device, logger):
-    """A method's init stage (FitNet/AB/FT/FSP): only its init parameters train, with their own SGD."""
-    distiller = inner.distiller
-    params = distiller.init_parameters(inner.student)
-    keep = {id(p) for p in params}
-    saved = {p: p.requires_grad for p in inner.parameters()}
-    for p in inner.parameters():
-        p.requires_grad_(id(p) in keep)
-    init_opt = torch.optim.SGD(params, lr=distiller.init_lr(opt), momentum=opt.momentum,
-                               weight_decay=opt.weight_decay)
-    step_module = step_factory()
-    logger.print(f"==> init stage of {opt.distill}: {opt.init_epochs} epochs, "
-                 f"{sum(p.numel() for p in params) / 1e6:.2f} M parameters")
-    for epoch in range(1, opt.init_epochs + 1):
+def init_stage_runs(runs, data, device, log) -> None:
+    """The init stages of the runs that have one (FitNet/AB/FT/FSP/NST), together: epoch e of every run whose
+    ``--init_epochs`` reaches e on the same batches (sample order of its own: data epochs 10,001 ...). Only
+    the init parameters train, with their own SGD; the student's other parameters are frozen meanwhile."""
+    stages = []
+    for run in runs:
+        inner, opt = run.inner, run.opt
+        params = inner.distiller.init_parameters(inner.student)
+        keep = {id(p) for p in params}
+        saved = {p: p.requires_grad for p in inner.parameters()}
+        for p in inner.parameters():
+            p.requires_grad_(id(p) in keep)
+        sgd = torch.optim.SGD(params, lr=inner.distiller.init_lr(opt), momentum=opt.momentum,
+                              weight_decay=opt.weight_decay)
+        stage = Run(opt, inner, sgd, run.teacher, step_module=wrap_ddp(inner, opt, inner_device(inner)),
+                    rng=run.rng, label=run.label, layer_key=run.layer_key, wants_contrast=run.wants_contrast,
+                    owner=run)
+        stages.append((run, stage, saved))
+        log(f"{run.label}==> init stage of {opt.distill}: {opt.init_epochs} epochs, "
+            f"{sum(p.numel() for p in params) / 1e6:.2f} M parameters")
+    for epoch in range(1, max(run.opt.init_epochs for run in runs) + 1):
+        active = [(run, stage) for run, stage, _ in stages if run.opt.init_epochs >= epoch and not stage.stopped]
+        if not active:
+            break
         data.set_epoch(10_000 + epoch)  # its own sample order, independent of the main epochs
-        tr = train_one_epoch(epoch, data.train_loader, step_module, inner, teacher, init_opt, opt, device,
-                             stage="init", log=logger.print)
-        logger.print(f"init epoch {epoch}/{opt.init_epochs} loss {tr['loss']:.4f}")
-        logger.scalars("init", {"loss": tr["loss"]}, epoch)
-    for p, flag in saved.items():
-        p.requires_grad_(flag)
+        stats = train_one_epoch(epoch, data.train_loader, [st for _, st in active], device, stage="init", log=log)
+        for (run, stage), tr in zip(active, stats):
+            if tr is None:  # diverged: the run is stopped with it
+                continue
+            run.logger.print(f"{run.label}init epoch {epoch}/{run.opt.init_epochs} loss {tr['loss']:.4f}")
+            run.logger.scalars("init", {"loss": tr["loss"]}, epoch)
+    for run, _, saved in stages:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+        run.inner.distiller.finish_init()
+
+
+def inner_device(module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# Options every student of one process shares: one data stream, one teacher, one schedule, one set of speed
+# paths and one launcher. train_group.py refuses rows that differ in any of them.
+GROUP_KEYS = ("dataset", "data_folder", "download", "train_subset", "batch_size", "num_workers", "loader", "dali",
+              "mixup", "no_augment", "data_seed", "epochs", "path_t", "model_t", "kd_mode", "skip_validation",
+              "device", "deterministic", "print_freq", "save_dir", "amp", "channels_last", "compile",
+              "compile_mode", "multiprocessing_distributed", "dist_url", "dist_backend", "nodes", "node_rank",
+              "procs_per_node", "sync_bn")
+
+
+def train_students(opts: list, device) -> list:
+    """Train the students of ``opts`` (one option set each) against one teacher on one data stream.
+
+    train_student.py trains one; train_group.py several (the rows of a table), paired: every batch is read
+    once and the teacher runs once on it, then each student steps, drawing from its own random stream
+    (seeded by its --seed) so that it is the experiment a separate run with the same --seed and --data_seed
+    would be. Every student is built, and any refused setting reported, before training starts. Returns
+    their summaries.
+    """
+    opt0 = opts[0]
+    set_seed(opt0.seed, opt0.deterministic)
+    num_classes = dataset.num_classes(opt0.dataset)
+    classes = [get_distiller_class(o.distill) for o in opts]
+    group = len(opts) > 1
+    labels = [f"[{i + 1}/{len(opts)} {o.distill} {o.model_s} t{o.trial}] " if group else "" for i, o in enumerate(opts)]
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        model_t, t_arch, _ = make_teacher_model(opt0, num_classes)  # draws from no student's stream
+    streams = [RNGStream(o.seed, device) for o in opts]
+    students = []
+    for o, stream in zip(opts, streams):
+        with stream:
+            students.append(model_dict[o.model_s](num_classes=num_classes))
+    input_shape = tuple(students[0].input_shape)
+    for o, st in zip(opts, students):
+        if tuple(st.input_shape) != input_shape:
+            raise ConfigError(f"student {o.model_s} takes {tuple(st.input_shape)} inputs but {opts[0].model_s} takes "
+                              f"{input_shape}: the students of a group see the same images")
+    if model_t is not None and tuple(model_t.input_shape) != input_shape:
+        raise ConfigError(f"teacher {t_arch} takes {tuple(model_t.input_shape)} inputs but student {opt0.model_s} "
+                          f"takes {input_shape}: pick a pair that sees the same images")
+    drop_last = any(o.drop_last or c.drop_last for o, c in zip(opts, classes))
+    loader_kw = {}
+    for o, c in zip(opts, classes):
+        name_run(o, t_arch)
+        o.drop_last = drop_last
+        for k, v in c.loader_options(o).items():
+            loader_kw[k] = loader_kw.get(k) or v
+    folders = [o.save_folder for o in opts]
+    dup = sorted({f for f in folders if folders.count(f) > 1})
+    if dup:
+        raise ConfigError(f"two students would write to {dup[0]}: give them distinct --trial names (and --seed N "
+                          "to keep their initialisation paired), e.g. --trial uniform_1 --seed 1")
+    with dist_util.main_first(opt0.download, opt0.local_rank):  # --download: once, not once per rank
+        data = dataset.get_dataloaders(opt0, input_shape, device=device, rank=opt0.rank,
+                                       world_size=opt0.world_size, **loader_kw)
+    if opt0.kd_mode == "self":
+        model_t = students[0]
+    model_t = place(model_t, opt0, device)
+    students = [place(st, o, device) for o, st in zip(opts, students)]
+    union = frozenset().union(*(c.needs for c in classes))
+    t_probe = probe(model_t, union, input_shape, device)
+    cache: dict = {}
+    built = []
+    for i, (o, cls, student, stream) in enumerate(zip(opts, classes, students, streams)):
+        try:
+            ctx = BuildContext(opt=o, s_probe=probe(student, cls.needs, input_shape, device), t_probe=t_probe,
+                               model_s=student, model_t=model_t, num_classes=num_classes, n_train=data.n_train,
+                               local_batch_size=o.batch_size // o.world_size, train_targets=data.train_targets,
+                               device=device, plain_train_images=data.plain_train_images, cache=cache)
+            with stream:
+                distiller = build_distiller(o.distill, ctx).to(device)
+            if distiller.has_loss and o.beta == 0:
+                raise ConfigError(f"--distill {o.distill} trains through its own loss, whose weight -b/--beta is 0; "
+                                  f"pass -b (published setting: {getattr(cls, 'recommended', '-b 1')})")
+        except ConfigError as e:
+            raise ConfigError(f"{labels[i]}{e}" if group else str(e)) from None
+        if not distiller.has_loss and o.beta != 0:
+            warnings.warn(f"--distill {o.distill} has no beta term; -b {o.beta} is ignored")
+        built.append(place(DistillStudent(student, distiller, o), o, device))
+
+    # who teaches: one frozen teacher shared by every student (each sees its own reduction of its layers), or,
+    # in a single run, the student's EMA (self) or a peer trained alongside (online)
+    keys = [transform_key(inner.distiller.layer_transform) for inner in built]
+    if opt0.kd_mode == "offline":
+        views = {k: inner.distiller.layer_transform for k, inner in zip(keys, built)}
+        teachers = [FrozenTeacher(model_t, union, layer_views=views)] * len(opts)
+    elif opt0.kd_mode == "self":
+        teachers = [EMATeacher(built[0].student, union, decay=opt0.self_ema,
+                               layer_transform=built[0].distiller.layer_transform)]
+    else:
+        teachers = [PeerTeacher(model_t, union, layer_transform=built[0].distiller.layer_transform)]
+        teachers[0].wrapped = wrap_ddp(model_t, opt0, device)
+    teachers[0].strong = any(uses_strong_view(o) for o in opts)
+    teacher_acc = None
+    if opt0.kd_mode == "offline" and not opt0.skip_validation:
+        teacher_acc = validate(model_t, data.val_loader, device, opt0)["acc1"]
+        if dist_util.is_main():
+            print(f"==> teacher {t_arch} test acc@1 {teacher_acc:.2f}", flush=True)
+
+    runs = []
+    for i, (o, inner, teacher, stream) in enumerate(zip(opts, built, teachers, streams)):
+        logger = RunLogger(o.save_folder, o.tb_folder)
+        distiller = inner.distiller
+        ckpt = load_resume(o, o.model_s) if o.resume else None
+        if ckpt is not None:
+            inner.student.load_state_dict(ckpt["model"])
+            distiller.load_state_dict(ckpt["distiller"])
+            teacher.load_state_dict(ckpt.get("teacher"))
+        with stream:
+            distiller.prepare(logger.print)
+        n_extra = sum(p.numel() for p in distiller.parameters() if p.requires_grad) / 1e6
+        run = TrainRun(o, inner, None, teacher, logger, save_folder=o.save_folder, prefix=o.model_s,
+                       arch=o.model_s, rng=stream, label=labels[i], layer_key=keys[i],
+                       extra_state=lambda t=teacher, o=o: {"teacher": t.state_dict(), "distill": o.distill,
+                                                           "teacher_arch": t_arch},
+                       summary={"model_s": o.model_s, "model_t": t_arch, "dataset": o.dataset, "distill": o.distill,
+                                "kd_mode": o.kd_mode, "trial": o.trial, "seed": o.seed, "data_seed": o.data_seed,
+                                "cls": o.cls, "div": o.div, "beta": o.beta, "teacher_acc": teacher_acc,
+                                "params_M": count_params(inner.student), "distiller_params_M": n_extra,
+                                "role": "student"})
+        run.ckpt, run.n_extra = ckpt, n_extra
+        runs.append(run)
+    if opt0.compile:  # after every LayerRecorder hook exists and the one-time eager passes are done
+        for model in [inner.student for inner in built] + [teachers[0].model]:
+            compile_model(model, opt0.compile_mode)
+    pending = [r for r in runs if r.inner.distiller.init_stage and r.opt.init_epochs > 0
+               and not (r.ckpt is not None and r.ckpt.get("init_done", False))]
+    if pending:
+        init_stage_runs(pending, data, device, runs[0].logger.print)
+    for run in runs:
+        if run.inner.distiller.init_stage and run.opt.init_epochs > 0 and run not in pending:
+            run.inner.distiller.finish_init()  # resumed after its init stage
+        o = run.opt
+        run.step_module = wrap_ddp(run.inner, o, device)
+        run.optimizer = build_optimizer(list(run.inner.parameters()) + list(run.teacher.parameters()), o)
+        if run.ckpt is not None:
+            run.restore(run.ckpt)
+            run.logger.print(f"{run.label}==> resumed from {o.resume} at epoch {run.start_epoch - 1} "
+                             f"(best {run.best_acc:.2f})")
+        run.logger.print(f"{run.label}==> {o.distill} ({o.kd_mode}): {t_arch} -> {o.model_s} "
+                         f"({count_params(run.inner.student):.2f} M params, +{run.n_extra:.2f} M trainable in the "
+                         f"distiller) on {o.dataset}, {data.n_train} images, device {device}, world size {o.world_size}")
+        run.logger.write_json("parameters.json", {k: v for k, v in vars(o).items()
+                                                  if isinstance(v, (int, float, str, bool, list, type(None)))})
+        run.ckpt = None
+    mixup = Mixup(opt0.mixup, opt0.data_seed) if opt0.mixup > 0 else None
+    summaries = fit(runs, data, device, mixup=mixup, log=runs[0].logger.print)
+    for run, summary in zip(runs, summaries):
+        if summary["status"] == "finished":
+            run.logger.print(f"{run.label}==> best test acc@1 {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
+                             f"last {summary['last_acc']:.2f}")
+        run.logger.close()
+    return summaries
 
 
 def main_worker(opt, local_rank=None):
     device = dist_util.init(opt, local_rank)
-    set_seed(opt.seed, opt.deterministic)
-    num_classes = dataset.num_classes(opt.dataset)
-    cls = get_distiller_class(opt.distill)
-    student = model_dict[opt.model_s](num_classes=num_classes)
-    model_t, t_arch, _ = make_teacher_model(opt, num_classes)
-    if model_t is not None and tuple(model_t.input_shape) != tuple(student.input_shape):
-        raise ConfigError(f"teacher {t_arch} takes {tuple(model_t.input_shape)} inputs but student {opt.model_s} "
-                          f"takes {tuple(student.input_shape)}: pick a pair that sees the same images")
-    name_run(opt, t_arch)
-    opt.drop_last = bool(cls.drop_last)
-    with dist_util.main_first(opt.download, opt.local_rank):  # --download: once, not once per rank
-        data = dataset.get_dataloaders(opt, student.input_shape, device=device, rank=opt.rank,
-                                       world_size=opt.world_size, **cls.loader_options(opt))
-    student = place(student, opt, device)
-    if opt.kd_mode == "self":
-        model_t = student
-    model_t = place(model_t, opt, device)
-    needs = cls.needs
-    ctx = BuildContext(opt=opt, s_probe=probe(student, needs, student.input_shape, device),
-                       t_probe=probe(model_t, needs, student.input_shape, device), model_s=student,
-                       model_t=model_t, num_classes=num_classes, n_train=data.n_train,
-                       local_batch_size=opt.batch_size // opt.world_size, train_targets=data.train_targets,
-                       device=device, plain_train_images=data.plain_train_images)
-    distiller = build_distiller(opt.distill, ctx).to(device)
-    if distiller.has_loss and opt.beta == 0:
-        raise ConfigError(f"--distill {opt.distill} trains through its own loss, whose weight -b/--beta is 0; "
-                          f"pass -b (published setting: {getattr(cls, 'recommended', '-b 1')})")
-    if not distiller.has_loss and opt.beta != 0:
-        warnings.warn(f"--distill {opt.distill} has no beta term; -b {opt.beta} is ignored")
-    inner = place(DistillStudent(student, distiller, opt), opt, device)
-    logger = RunLogger(opt.save_folder, opt.tb_folder)
-
-    tf = distiller.layer_transform
-    if opt.kd_mode == "offline":
-        teacher = FrozenTeacher(model_t, needs, layer_transform=tf)
-    elif opt.kd_mode == "self":
-        teacher = EMATeacher(student, needs, decay=opt.self_ema, layer_transform=tf)
-    else:
-        teacher = PeerTeacher(model_t, needs, layer_transform=tf)
-        teacher.wrapped = wrap_ddp(model_t, opt, device)
-    teacher_acc = None
-    if opt.kd_mode == "offline" and not opt.skip_validation:
-        teacher_acc = validate(teacher.model, data.val_loader, device, opt)["acc1"]
-        logger.print(f"==> teacher {t_arch} test acc@1 {teacher_acc:.2f}")
-
-    ckpt = load_resume(opt, opt.model_s) if opt.resume else None
-    if ckpt is not None:
-        inner.student.load_state_dict(ckpt["model"])
-        distiller.load_state_dict(ckpt["distiller"])
-        teacher.load_state_dict(ckpt.get("teacher"))
-    distiller.prepare(logger.print)
-    if opt.compile:  # after every LayerRecorder hook exists and the one-time eager passes are done
-        for model in (inner.student, teacher.model):
-            compile_model(model, opt.compile_mode)
-    if distiller.init_stage and opt.init_epochs > 0:
-        if ckpt is None or not ckpt.get("init_done", False):
-            run_init_stage(opt, inner, lambda: wrap_ddp(inner, opt, device), teacher, data, device, logger)
-        distiller.finish_init()
-    step_module = wrap_ddp(inner, opt, device)
-    optimizer = build_optimizer(list(inner.parameters()) + list(teacher.parameters()), opt)
-    start_epoch, best_acc, best_epoch = 1, 0.0, 0
-    if ckpt is not None:
-        start_epoch, best_acc, best_epoch = restore_common(ckpt, optimizer)
-        logger.print(f"==> resumed from {opt.resume} at epoch {start_epoch - 1} (best {best_acc:.2f})")
-    n_extra = sum(p.numel() for p in distiller.parameters() if p.requires_grad) / 1e6
-    logger.print(f"==> {opt.distill} ({opt.kd_mode}): {t_arch} -> {opt.model_s} ({count_params(student):.2f} M "
-                 f"params, +{n_extra:.2f} M trainable in the distiller) on {opt.dataset}, {data.n_train} images, "
-                 f"device {device}, world size {opt.world_size}")
-    logger.write_json("parameters.json", {k: v for k, v in vars(opt).items()
-                                          if isinstance(v, (int, float, str, bool, list, type(None)))})
-    mixup = Mixup(opt.mixup, opt.seed) if opt.mixup > 0 else None
-    summary = fit(opt, inner=inner, step_module=step_module, teacher=teacher, optimizer=optimizer, data=data,
-                  device=device, logger=logger, save_folder=opt.save_folder, prefix=opt.model_s, arch=opt.model_s,
-                  start_epoch=start_epoch, best_acc=best_acc, best_epoch=best_epoch, mixup=mixup,
-                  extra_state=lambda: {"teacher": teacher.state_dict(), "distill": opt.distill,
-                                       "teacher_arch": t_arch},
-                  summary={"model_s": opt.model_s, "model_t": t_arch, "dataset": opt.dataset,
-                           "distill": opt.distill, "kd_mode": opt.kd_mode, "trial": opt.trial,
-                           "cls": opt.cls, "div": opt.div, "beta": opt.beta, "teacher_acc": teacher_acc,
-                           "params_M": count_params(student), "distiller_params_M": n_extra,
-                           "role": "student"})
-    logger.print(f"==> best test acc@1 {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
-                 f"last {summary['last_acc']:.2f}")
-    logger.close()
-    return summary
+    return train_students([opt], device)[0]
 
 
 def main(argv=None):

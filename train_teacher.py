@@ -12,8 +12,7 @@ import os
 
 import dataset
 from helper import distributed as dist_util
-from helper.engine import count_params, fit, load_resume, place, restore_common, run_main, \
-    wrap_ddp
+from helper.engine import TrainRun, count_params, fit, load_resume, place, run_main, wrap_ddp
 from helper.errors import ConfigError
 from helper.forward import compile_model
 from helper.logger import RunLogger
@@ -21,7 +20,7 @@ from helper.loops import DistillStudent
 from helper.mixup import Mixup
 from helper.optim import build_optimizer
 from helper.options import add_common_args, finish_common
-from helper.util import set_seed
+from helper.util import RNGStream, set_seed
 from models import model_dict
 
 
@@ -45,31 +44,31 @@ def main_worker(opt, local_rank=None):
     device = dist_util.init(opt, local_rank)
     set_seed(opt.seed, opt.deterministic)
     num_classes = dataset.num_classes(opt.dataset)
-    model = model_dict[opt.model](num_classes=num_classes)
+    stream = RNGStream(opt.seed, device)
+    with stream:
+        model = model_dict[opt.model](num_classes=num_classes)
     with dist_util.main_first(opt.download, opt.local_rank):  # --download: once, not once per rank
         data = dataset.get_dataloaders(opt, model.input_shape, device=device, rank=opt.rank,
                                        world_size=opt.world_size)
     inner = place(DistillStudent(model, None, opt), opt, device)
     if opt.compile:
         compile_model(inner.student, opt.compile_mode)
-    step_module = wrap_ddp(inner, opt, device)
-    optimizer = build_optimizer(inner.parameters(), opt)
     logger = RunLogger(opt.save_folder, opt.tb_folder)
-    start_epoch, best_acc, best_epoch = 1, 0.0, 0
+    run = TrainRun(opt, inner, build_optimizer(inner.parameters(), opt), None, logger,
+                   step_module=wrap_ddp(inner, opt, device), rng=stream, save_folder=opt.save_folder,
+                   prefix=opt.model, arch=opt.model,
+                   summary={"model": opt.model, "dataset": opt.dataset, "trial": opt.trial, "seed": opt.seed,
+                            "data_seed": opt.data_seed, "params_M": count_params(model), "role": "vanilla"})
     if opt.resume:
         ckpt = load_resume(opt, opt.model)
         inner.student.load_state_dict(ckpt["model"])
-        start_epoch, best_acc, best_epoch = restore_common(ckpt, optimizer)
-        logger.print(f"==> resumed from {opt.resume} at epoch {start_epoch - 1} (best {best_acc:.2f})")
+        run.restore(ckpt)
+        logger.print(f"==> resumed from {opt.resume} at epoch {run.start_epoch - 1} (best {run.best_acc:.2f})")
     logger.print(f"==> {opt.model} ({count_params(model):.2f} M params) on {opt.dataset}, "
                  f"{data.n_train} training images, device {device}, world size {opt.world_size}")
     logger.write_json("parameters.json", vars(opt) | {"lr_decay_epochs": opt.lr_decay_epochs})
-    mixup = Mixup(opt.mixup, opt.seed) if opt.mixup > 0 else None
-    summary = fit(opt, inner=inner, step_module=step_module, teacher=None, optimizer=optimizer, data=data,
-                  device=device, logger=logger, save_folder=opt.save_folder, prefix=opt.model, arch=opt.model,
-                  start_epoch=start_epoch, best_acc=best_acc, best_epoch=best_epoch, mixup=mixup,
-                  summary={"model": opt.model, "dataset": opt.dataset, "trial": opt.trial,
-                           "params_M": count_params(model), "role": "vanilla"})
+    mixup = Mixup(opt.mixup, opt.data_seed) if opt.mixup > 0 else None
+    summary = fit([run], data, device, mixup=mixup, log=logger.print)[0]
     logger.print(f"==> best test acc@1 {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
                  f"last {summary['last_acc']:.2f}")
     logger.close()

@@ -61,7 +61,7 @@ from dataset.base import ArraySplit  # noqa: E402
 from distiller_zoo import BuildContext, build_distiller, get_distiller_class  # noqa: E402
 from helper.engine import place  # noqa: E402
 from helper.forward import COMPILE_MODES, compile_model, new_step  # noqa: E402
-from helper.loops import DistillStudent, autocast, to_batch, train_one_epoch  # noqa: E402
+from helper.loops import DistillStudent, Run, autocast, to_batch, train_one_epoch  # noqa: E402
 from helper.optim import build_optimizer  # noqa: E402
 from helper.teachers import FrozenTeacher, for_student  # noqa: E402
 from models import model_dict  # noqa: E402
@@ -224,8 +224,8 @@ class Config:
         """(wall, process CPU) seconds of ``steps`` training steps through ``train_one_epoch`` (synchronised)."""
         synchronize(self.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        train_one_epoch(epoch, Take(stream, steps), self.inner, self.inner, self.teacher, self.optimizer,
-                        self.opt, self.device, log=lambda *a: None)
+        train_one_epoch(epoch, Take(stream, steps), [Run(self.opt, self.inner, self.optimizer, self.teacher)],
+                        self.device, log=lambda *a: None)
         synchronize(self.device)
         return time.perf_counter() - t0, time.process_time() - c0
 

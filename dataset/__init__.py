@@ -150,7 +150,7 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
                     train_sampler=None, contrast: bool = False) -> DataBundle:
     """Build the train and validation loaders of ``opt.dataset`` for one process of ``world_size``.
 
-    Reads opt.dataset, data_folder, batch_size (global), num_workers, seed, train_subset, download,
+    Reads opt.dataset, data_folder, batch_size (global), num_workers, data_seed (else seed), train_subset, download,
     loader, drop_last, no_augment (serve training images like test images, still shuffled), and with ``contrast=True`` nce_k and mode. ``input_shape`` is the model's
     (C, H, W) (None: the dataset's native shape). ``train_sampler`` (any sampler of training-set
     positions, optional ``set_epoch``) replaces the default DistributedSampler order.
@@ -173,7 +173,8 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
         kind = "torch"
     data_folder = getattr(opt, "data_folder", None) or "./data"
     download = bool(getattr(opt, "download", False))
-    seed = getattr(opt, "seed", 0)
+    seed = getattr(opt, "data_seed", None)  # the data stream's own seed (default: the run's --seed)
+    seed = getattr(opt, "seed", 0) if seed is None else seed
     seed = 0 if seed is None else int(seed)
     num_workers = int(getattr(opt, "num_workers", 0) or 0)
     drop_last = bool(getattr(opt, "drop_last", False))

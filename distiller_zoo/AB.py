@@ -2,7 +2,7 @@
 
 As in RepDistiller, AB is an initialisation stage only: for ``--init_epochs`` the student's feature
 layers (everything but its classifier) and one connector per stage are trained on the activation-boundary
-loss over the pre-activation stage outputs ``feats[1:-1]``; then the connectors are frozen and the main
+loss over the pre-activation stage outputs ``preacts[1:-1]``; then the connectors are frozen and the main
 stage trains on CE (+ KD) alone: the method's main-stage loss is 0, so ``has_loss`` is False.
 
 Per stage l of n (margin m = 1, s = connector(student preact), t = teacher preact)::
@@ -53,7 +53,7 @@ def _refreeze_after_load(module, incompatible_keys):
 
 @register("abound")
 class AB(Distiller):
-    needs = frozenset({"feats", "preact"})
+    needs = frozenset({"preact"})
     has_loss = False
     init_stage = True
     recommended = "-c 1 -d 0 -b 1"   # RepDistiller's script; beta is unused (main-stage loss is 0)
@@ -61,8 +61,8 @@ class AB(Distiller):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        s_shapes = [f.shape for f in ctx.s_probe.feats[1:-1]]
-        t_shapes = [f.shape for f in ctx.t_probe.feats[1:-1]]
+        s_shapes = [f.shape for f in ctx.s_probe.preacts[1:-1]]
+        t_shapes = [f.shape for f in ctx.t_probe.preacts[1:-1]]
         if len(s_shapes) != len(t_shapes):
             refuse(f"abound pairs stages one to one, but the student has {len(s_shapes)} stages and the "
                    f"teacher {len(t_shapes)}; pick models with as many stages or another --distill")
@@ -79,7 +79,7 @@ class AB(Distiller):
         return list(self.connector.parameters()) + student_feature_parameters(model_s)
 
     def init_loss(self, s, t, batch):
-        return ab_loss(self.connector(s.feats[1:-1]), t.feats[1:-1], self.margin)
+        return ab_loss(self.connector(s.preacts[1:-1]), t.preacts[1:-1], self.margin)
 
     def finish_init(self):
         self.init_done.fill_(True)

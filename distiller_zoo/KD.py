@@ -10,13 +10,23 @@ from . import register
 from .base import Distiller
 
 
-def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, T: float) -> torch.Tensor:
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024): per-sample z-score ``(z - mean) / (std + 1e-7)``
+    over the classes, with the unbiased (n - 1) standard deviation of torch.std, as the authors' code."""
+    z = logits.float()
+    return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + 1e-7)
+
+
+def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, T, stand: bool = False) -> torch.Tensor:
     """T^2 * KL(softmax(t/T) || softmax(s/T)), summed over classes, averaged over the batch.
 
-    Computed in float32 (log-softmax of bf16 logits loses the small probabilities KD transfers).
+    ``stand``: both logits z-scored first (``--logit_stand``; then ``T`` is LS's base temperature).
+    ``T`` may be a tensor (a learned temperature, CTKD). Computed in float32 (log-softmax of bf16 logits
+    loses the small probabilities KD transfers).
     """
-    log_p_s = F.log_softmax(logits_s.float() / T, dim=1)
-    log_p_t = F.log_softmax(logits_t.float() / T, dim=1)
+    s, t = (standardize(logits_s), standardize(logits_t)) if stand else (logits_s.float(), logits_t.float())
+    log_p_s = F.log_softmax(s / T, dim=1)
+    log_p_t = F.log_softmax(t / T, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
 
 

@@ -7,7 +7,7 @@ this interface: it never compares method names. The total loss is
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -20,12 +20,17 @@ from helper.errors import ConfigError
 class Outputs:
     """What one forward pass of a model produced, as far as the distiller asked for it.
 
-    ``feats``: stage features ``[stem, stage1, ..., stageK, pooled]`` (pre-activation versions when
-    the distiller declared ``"preact"``). ``layers``: block-level outputs (``"layers"``).
+    ``feats``: stage features ``[stem, stage1, ..., stageK, pooled]`` (``"feats"``); ``preacts``: their
+    pre-activation versions (``"preact"``, RepDistiller's ``preact=True``); ``layers``: block-level outputs
+    (``"layers"``). ``strong``: the same model's outputs on the batch's strongly augmented second view
+    (``--strong_aug``), when the run uses one; ``None`` otherwise.
     """
     logits: torch.Tensor
     feats: Optional[list] = None
     layers: Optional[list] = None
+    preacts: Optional[list] = None
+    strong: Optional["Outputs"] = None
+    layer_views: Optional[dict] = None  # teacher outputs shared by a group: {transform key: layers}
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Batch:
     contrast_idx: Optional[torch.Tensor] = None
     mix_targets: Optional[torch.Tensor] = None  # mixup: images = lam * x + (1 - lam) * x[perm]
     mix_lam: float = 1.0
+    images_strong: Optional[torch.Tensor] = None  # --strong_aug: a second, strongly augmented view
 
 
 @dataclass
@@ -55,7 +61,9 @@ class BuildContext:
     ``train_targets``: labels of the whole training set in dataset-index order (CRD negatives).
     ``plain_train_images(n)``: an iterable of image batches (no augmentation, fixed order) covering
     the first ``n`` images of a seeded shuffle of the training set, for one-time statistics
-    computed before training (cka_group's teacher CKA matrix).
+    computed before training (cka_group's teacher CKA matrix). ``cache``: a dict shared by every student
+    built against the same teacher and data in one process (a group run), for one-time statistics of the
+    teacher that several students would otherwise each compute; key entries by everything they depend on.
     """
     opt: argparse.Namespace
     s_probe: Outputs
@@ -68,6 +76,7 @@ class BuildContext:
     train_targets: Optional[torch.Tensor] = None
     device: torch.device = torch.device("cpu")
     plain_train_images: Optional[Callable[[int], Iterable[torch.Tensor]]] = None
+    cache: dict = field(default_factory=dict)
 
 
 class Distiller(nn.Module):
@@ -77,11 +86,16 @@ class Distiller(nn.Module):
     Its parameters are optimised with the student and saved in the student's checkpoint.
 
     Class attributes a method sets:
-      needs       subset of {"feats", "preact", "layers"}: what the loop must extract from both models.
+      needs       subset of {"feats", "preact", "layers"}: what the loop must extract from both models
+                  (``Outputs.feats``, ``Outputs.preacts``, ``Outputs.layers``).
       has_loss    True if the method's effect is ``beta * forward(...)``; then ``-b 0`` is refused.
       init_stage  True if ``init_epochs`` of ``init_loss`` run before the main training.
       drop_last   True if every batch must have the full batch size (batch-sized modules, CKA).
       logits_need_feats  True if :meth:`logits` reads student features (SimKD's classifier path).
+      defaults    {flag dest: value}: this method's own codebase's defaults for shared flags the user did
+                  not give (FitNet: ``hint_layer`` 2, ``init_epochs`` 0; DKD: ``beta_warmup`` 20), so a
+                  command line copied from that codebase means here what it means there.
+      recommended the published ``-c -d -b`` (and flags), quoted by refusals, scripts and the README.
     An instance may set ``layer_transform`` (e.g. spatial pooling): block outputs are reduced as they
     are recorded, so the full-size maps are freed at once instead of piling up for the whole forward.
     """
@@ -92,6 +106,7 @@ class Distiller(nn.Module):
     init_stage: bool = False
     drop_last: bool = False
     logits_need_feats: bool = False
+    defaults: dict = {}
 
     def __init__(self, ctx: BuildContext):
         super().__init__()
@@ -113,8 +128,21 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     def logits(self, s: Outputs) -> torch.Tensor:
-        """The student's prediction used for CE, KL, accuracy and validation."""
+        """The student's prediction: training accuracy and validation."""
         return s.logits
+
+    def loss_logits(self, s: Outputs) -> torch.Tensor:
+        """The logits the loop's CE and KD terms (``-c``, ``-d``) are computed on: :meth:`logits` unless
+        a method's own code applies them elsewhere (SimKD: the student's own classifier)."""
+        return self.logits(s)
+
+    def kd_temperature(self, s_logits: torch.Tensor, t_logits: torch.Tensor):
+        """The temperature of the loop's KD term for this step: ``None`` means ``--kd_T``; a method that
+        learns it (CTKD) returns a tensor, through which the KD term's gradient reaches its parameters."""
+        return None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every main-stage epoch (1-based), before its first step (schedules)."""
 
     def after_step(self, s: Outputs, t: Outputs, batch: Batch) -> None:
         """Called after the optimiser step, with no grad (CRD updates its memory bank here)."""

@@ -21,7 +21,7 @@ from torch import nn
 from helper import distributed as dist_util
 from helper.checkpoint import atomic_save, load_file, options_dict
 from helper.errors import ConfigError, TrainingDiverged
-from helper.loops import train_one_epoch, validate
+from helper.loops import Run, train_one_epoch, validate
 from helper.util import get_rng_state, set_rng_state
 
 
@@ -174,68 +174,116 @@ def load_resume(opt, expect_arch: str):
     return ckpt
 
 
-def fit(opt, *, inner: nn.Module, step_module: nn.Module, teacher, optimizer, data, device, logger,
-        save_folder: str, prefix: str, arch: str, start_epoch: int = 1, best_acc: float = 0.0,
-        best_epoch: int = 0, extra_state=None, mixup=None, summary: dict | None = None) -> dict:
-    """Train epochs ``start_epoch..opt.epochs``; returns the run summary (also saved as summary.json)."""
-    distiller = getattr(inner, "distiller", None)
-    t_start = time.time()
-    last = {}
-    truncate_metrics(save_folder, start_epoch - 1)  # a fresh run in an old folder starts a fresh log
-    train_loader = _with_fault_hook(data.train_loader)
-    for epoch in range(start_epoch, opt.epochs + 1):
-        data.set_epoch(epoch)  # DistributedSampler.set_epoch: a new order every epoch, the same on every rank
-        if mixup is not None:
-            mixup.set_epoch(epoch)
-        tr = train_one_epoch(epoch, train_loader, step_module, inner, teacher, optimizer, opt, device,
-                             log=logger.print, mixup=mixup)
-        if not math.isfinite(tr["loss"]):
-            raise TrainingDiverged(
-                f"the training loss became {tr['loss']} in epoch {epoch}: the run diverged; lower -b/--beta or "
-                f"--learning_rate (nothing of epoch {epoch} was saved; earlier epochs' checkpoints stay in {save_folder})")
+class TrainRun(Run):
+    """One network trained by :func:`fit`: the loop's :class:`helper.loops.Run` plus its logger, its folder
+    and checkpoint bookkeeping (best/last epoch, the summary), all of which only rank 0 writes.
+
+    ``extra_state()`` adds entries to every checkpoint (the distiller's teacher state, names);
+    ``summary`` starts summary.json. A run resumed at epoch e has ``start_epoch`` e + 1.
+    """
+
+    def __init__(self, opt, inner, optimizer, teacher, logger, *, save_folder: str, prefix: str, arch: str,
+                 extra_state=None, summary: dict | None = None, **kw):
+        super().__init__(opt, inner, optimizer, teacher, **kw)
+        self.logger, self.save_folder, self.prefix, self.arch = logger, save_folder, prefix, arch
+        self.extra_state, self.summary = extra_state, dict(summary or {})
+        self.start_epoch, self.best_acc, self.best_epoch = 1, 0.0, 0
+        self.last: dict = {}
+        self.t_start = time.time()
+
+    def restore(self, ckpt: dict) -> None:
+        """Optimiser, RNG stream and epoch counters of a resumed run (the weights are loaded by the caller)."""
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "rng" in ckpt:
+            with self.rng:
+                set_rng_state(ckpt["rng"])
+        self.start_epoch = ckpt["epoch"] + 1
+        self.best_acc, self.best_epoch = float(ckpt.get("best_acc", 0.0)), int(ckpt.get("best_epoch", 0))
+
+    def stop(self, reason: str, log=None) -> None:
+        """Stop this run (its loss diverged): one line, and the reason in its folder's summary.json; the
+        checkpoints of earlier epochs stay."""
+        if self.stopped is None:
+            epoch = self.last.get("epoch")
+            reason += (f" (nothing after epoch {epoch} was saved; its checkpoints stay in {self.save_folder})"
+                       if epoch else f" (nothing of this run was saved; folder {self.save_folder})")
+        super().stop(reason, self.logger.print)
+
+    def end_epoch(self, epoch: int, tr: dict, val_loader, device) -> None:
+        """Validate, log and save after a trained epoch."""
+        opt, inner, logger = self.opt, self.inner, self.logger
+        distiller = inner.distiller
         inner.eval()  # BatchNorm on its running statistics (train_one_epoch sets train mode again)
-        val = validate(inner.predict, data.val_loader, device, opt)
-        is_best = best_epoch == 0 or val["acc1"] > best_acc  # the first epoch is always a best
+        with self.rng:
+            val = validate(inner.predict, val_loader, device, opt)
+        is_best = self.best_epoch == 0 or val["acc1"] > self.best_acc  # the first epoch is always a best
         if is_best:
-            best_acc, best_epoch = val["acc1"], epoch
-        logger.print(f"epoch {epoch}/{opt.epochs} train loss {tr['loss']:.4f} acc@1 {tr['acc1']:.2f} | "
+            self.best_acc, self.best_epoch = val["acc1"], epoch
+        logger.print(f"{self.label}epoch {epoch}/{opt.epochs} train loss {tr['loss']:.4f} acc@1 {tr['acc1']:.2f} | "
                      f"test acc@1 {val['acc1']:.2f} acc@5 {val['acc5']:.2f} loss {val['loss']:.4f} | "
-                     f"best {best_acc:.2f} | {tr['time']:.1f}s {tr['img_per_s']:.0f} img/s")
+                     f"best {self.best_acc:.2f} | {tr['time']:.1f}s {tr['img_per_s']:.0f} img/s")
         logger.scalars("train", {k: v for k, v in tr.items() if k not in ("time",)}, epoch)
         logger.scalars("test", {k: v for k, v in val.items() if k != "count"}, epoch)
         if distiller is not None:  # every rank: a distiller resets its epoch statistics there too
             distiller.log_tensorboard(logger.writer, epoch)
-        last = {"epoch": epoch, "train": tr, "test": val, "best_acc": best_acc, "best_epoch": best_epoch}
+        self.last = {"epoch": epoch, "train": tr, "test": val}
         logger.epoch({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc1"], "test_acc": val["acc1"],
                       "test_acc_top5": val["acc5"], "test_loss": val["loss"], "lr": tr["lr"],
                       "epoch_time": tr["time"], "img_per_s": tr["img_per_s"],
                       **{k: tr[k] for k in ("loss_cls", "loss_div", "loss_kd") if k in tr}})
         if dist_util.is_main() and not opt.skip_save:
-            state = {"model": inner.student.state_dict(), "arch": arch, "epoch": epoch, "acc": val["acc1"],
-                     "best_acc": best_acc, "best_epoch": best_epoch, "optimizer": optimizer.state_dict(),
+            with self.rng:
+                rng = get_rng_state()
+            state = {"model": inner.student.state_dict(), "arch": self.arch, "epoch": epoch, "acc": val["acc1"],
+                     "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                     "optimizer": self.optimizer.state_dict(),
                      "distiller": distiller.state_dict() if distiller is not None else None,
-                     "rng": get_rng_state(), "opt": options_dict(opt), "init_done": True}
-            if extra_state:
-                state.update(extra_state())
-            atomic_save(state, os.path.join(save_folder, f"{prefix}_last.pth"))
+                     "rng": rng, "opt": options_dict(opt), "init_done": True}
+            if self.extra_state:
+                state.update(self.extra_state())
+            atomic_save(state, os.path.join(self.save_folder, f"{self.prefix}_last.pth"))
             if is_best:
-                atomic_save(state, os.path.join(save_folder, f"{prefix}_best.pth"))
+                atomic_save(state, os.path.join(self.save_folder, f"{self.prefix}_best.pth"))
             if opt.save_freq and (epoch % opt.save_freq == 0 or epoch == opt.epochs):
-                atomic_save(state, os.path.join(save_folder, f"ckpt_epoch_{epoch}.pth"))
-    out = dict(summary or {})
-    out.update({"best_acc": best_acc, "best_epoch": best_epoch,
-                "last_acc": last.get("test", {}).get("acc1"), "last_epoch": last.get("epoch"),
-                "train_time_s": time.time() - t_start})
-    logger.write_json("summary.json", out)
-    return out
+                atomic_save(state, os.path.join(self.save_folder, f"ckpt_epoch_{epoch}.pth"))
+
+    def finish(self) -> dict:
+        """summary.json's content (also written): best/last accuracy, epochs, time, and the stop reason of a
+        diverged run."""
+        out = dict(self.summary)
+        out.update({"best_acc": self.best_acc if self.best_epoch else None, "best_epoch": self.best_epoch,
+                    "last_acc": self.last.get("test", {}).get("acc1"), "last_epoch": self.last.get("epoch"),
+                    "train_time_s": time.time() - self.t_start,
+                    "status": "diverged" if self.stopped else "finished"})
+        if self.stopped:
+            out["stopped"] = self.stopped
+        self.logger.write_json("summary.json", out)
+        return out
 
 
-def restore_common(ckpt: dict, optimizer) -> tuple:
-    """Optimizer and RNG state of a resumed run; returns (start_epoch, best_acc, best_epoch)."""
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if "rng" in ckpt:
-        set_rng_state(ckpt["rng"])
-    return ckpt["epoch"] + 1, float(ckpt.get("best_acc", 0.0)), int(ckpt.get("best_epoch", 0))
+def fit(runs: list, data, device, mixup=None, log=print) -> list:
+    """Train every run from its ``start_epoch`` to ``opt.epochs`` on one data stream; returns their
+    summaries (also saved as summary.json). A run that diverges stops alone; when the only run of the
+    process diverged, :class:`TrainingDiverged` is raised (one line, exit code 2)."""
+    for run in runs:
+        truncate_metrics(run.save_folder, run.start_epoch - 1)  # a fresh run in an old folder starts a fresh log
+        run.t_start = time.time()
+    train_loader = _with_fault_hook(data.train_loader)
+    epochs = runs[0].opt.epochs
+    for epoch in range(min(r.start_epoch for r in runs), epochs + 1):
+        active = [r for r in runs if r.start_epoch <= epoch and not r.stopped]
+        if not active:
+            break
+        data.set_epoch(epoch)  # DistributedSampler.set_epoch: a new order every epoch, the same on every rank
+        if mixup is not None:
+            mixup.set_epoch(epoch)
+        for run, tr in zip(active, train_one_epoch(epoch, train_loader, active, device, log=log, mixup=mixup)):
+            if tr is not None:
+                run.end_epoch(epoch, tr, data.val_loader, device)
+    summaries = [run.finish() for run in runs]
+    if len(runs) == 1 and runs[0].stopped:
+        raise TrainingDiverged(runs[0].stopped)
+    return summaries
 
 
 def wrap_ddp(module: nn.Module, opt, device):

@@ -19,9 +19,95 @@ def default_lr(model_name: str) -> float:
     return 0.01 if model_name in SMALL_LR_MODELS else 0.05
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw", "dot")
+
+
+class DOT(torch.optim.Optimizer):
+    """Distillation-oriented trainer (Zhao et al., ICCV 2023): SGD with one momentum buffer for the task
+    (cross-entropy) gradient and another for the distillation gradient, ``momentum - delta`` and
+    ``momentum + delta`` (``--dot_delta``, 0.075), so the distillation direction is smoothed more.
+
+    The update follows mdistiller's implementation (engine/dot.py), step for step: weight decay goes with
+    the task gradient; a parameter that receives only one of the two gradients uses the mean momentum
+    ``momentum`` for it (and then the distillation gradient carries the weight decay); each buffer starts as
+    its first gradient. :meth:`split_step` takes both gradients; a plain ``step()`` (no distillation
+    gradient, e.g. train_teacher.py) is SGD with the task momentum rules.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, delta: float = 0.075, weight_decay: float = 0.0):
+        if not 0.0 <= delta <= momentum:
+            raise ConfigError(f"--dot_delta {delta}: must lie in [0, --momentum {momentum}]")
+        super().__init__(params, dict(lr=lr, momentum=momentum, delta=delta, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        return self.split_step({})
+
+    @torch.no_grad()
+    def split_step(self, kd_grads: dict):
+        """One update from the task gradients in ``p.grad`` and the distillation ones in ``kd_grads``
+        ({parameter: gradient}; a parameter absent or None received none)."""
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            m_task, m_kd = group["momentum"] - group["delta"], group["momentum"] + group["delta"]
+            m_one = (m_task + m_kd) / 2.0
+            for p in group["params"]:
+                g_task, g_kd = p.grad, kd_grads.get(p)
+                state = self.state[p]
+                if g_task is not None:
+                    d = g_task.add(p, alpha=wd) if wd else g_task
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = d.clone()
+                    else:
+                        buf.mul_(m_task if g_kd is not None else m_one).add_(d)
+                    p.add_(buf, alpha=-lr)
+                if g_kd is not None:
+                    buf = state.get("momentum_kd_buffer")
+                    if buf is None:
+                        buf = state["momentum_kd_buffer"] = g_kd.clone()
+                    elif g_task is not None:
+                        buf.mul_(m_kd).add_(g_kd)
+                    else:
+                        buf.mul_(m_one).add_(g_kd.add(p, alpha=wd) if wd else g_kd)
+                    p.add_(buf, alpha=-lr)
+
+
+def backward_and_step(optimizer, res: dict, extra=None) -> None:
+    """Backward and optimiser step of one training step. ``res`` holds ``loss`` and its split into
+    ``loss_task`` (CE) and ``loss_distill`` (the rest); ``extra`` is a loss the teacher adds (online
+    peers). An optimiser with ``split_step`` (DOT) gets the two gradients apart: the distillation one by
+    ``torch.autograd.grad`` (which leaves DDP's hooks alone; averaged over ranks here), the task one by
+    the ordinary backward (averaged by DDP)."""
+    optimizer.zero_grad(set_to_none=True)
+    if not hasattr(optimizer, "split_step"):
+        loss = res["loss"] if extra is None else res["loss"] + extra
+        loss.backward()
+        optimizer.step()
+        return
+    from helper import distributed as dist_util
+
+    distill = res["loss_distill"] if extra is None else res["loss_distill"] + extra
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    kd = {}
+    if distill.requires_grad:
+        grads = torch.autograd.grad(distill, params, retain_graph=True, allow_unused=True)
+        kd = {p: g for p, g in zip(params, grads) if g is not None}
+        if kd and dist_util.is_dist() and dist_util.world_size() > 1:
+            flat = dist_util.all_reduce_sum(torch.cat([g.flatten() for g in kd.values()])) / dist_util.world_size()
+            kd = dict(zip(kd, flat.split([g.numel() for g in kd.values()])))
+            kd = {p: g.view_as(p) for p, g in kd.items()}
+    if res["loss_task"].requires_grad:
+        res["loss_task"].backward()
+    optimizer.split_step(kd)
+
+
 def build_optimizer(params, opt) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     name = getattr(opt, "optimizer", "sgd")
+    if name == "dot":
+        return DOT(params, lr=opt.learning_rate, momentum=opt.momentum, delta=getattr(opt, "dot_delta", 0.075),
+                   weight_decay=opt.weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
                                weight_decay=opt.weight_decay, nesterov=getattr(opt, "nesterov", False))
@@ -29,7 +115,7 @@ def build_optimizer(params, opt) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
-    raise ConfigError(f"unknown --optimizer {name!r}; choose sgd, adam or adamw")
+    raise ConfigError(f"unknown --optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def lr_at(opt, epoch: int, step: int, steps_per_epoch: int) -> float:

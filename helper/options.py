@@ -9,7 +9,7 @@ import os
 
 from helper.errors import ConfigError
 from helper.forward import COMPILE_MODES
-from helper.optim import default_lr
+from helper.optim import OPTIMIZERS, default_lr
 from helper.util import parse_int_list, seed_from_trial
 
 DATASETS = ("fashionmnist", "mnist", "digits", "cifar10", "cifar100", "cinic10", "imagenet")
@@ -35,6 +35,16 @@ def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     g.add_argument("--no_augment", action="store_true",
                    help="no training augmentation (crop/flip); images are still shuffled (seeds/000, 004)")
+    g.add_argument("--strong_aug", default="none", choices=("none", "randaugment"),
+                   help="a second, strongly augmented view of every training image (MLKD's protocol: "
+                        "RandAugment(2, 10) + Cutout, per sample); the CE and KD terms are summed over both "
+                        "views and a method's own term sees both")
+    g.add_argument("--data_seed", type=int, default=None,
+                   help="seed of the data stream (subset, order, augmentation, mixup); default: --seed. A group "
+                        "(train_group.py) shares one; each student keeps its own --seed for its initialisation")
+    g.add_argument("--drop_last", action="store_true",
+                   help="drop the last incomplete training batch (methods that need full batches force it; a "
+                        "group drops it for all its students if one needs it, and records it)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=240)
@@ -44,7 +54,10 @@ def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
     g.add_argument("--lr_decay_rate", type=float, default=0.1)
     g.add_argument("--lr_schedule", default="step", choices=("step", "cosine"))
     g.add_argument("--warmup_epochs", type=float, default=0.0)
-    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
+    g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS,
+                   help="dot: distillation-oriented trainer (separate CE / distillation momentum, --dot_delta)")
+    g.add_argument("--dot_delta", type=float, default=0.075,
+                   help="DOT: momentum - delta for the CE gradient, momentum + delta for the distillation one")
     g.add_argument("--weight_decay", type=float, default=5e-4)
     g.add_argument("--momentum", type=float, default=0.9)
 
@@ -94,6 +107,13 @@ def finish_common(opt, model_name: str) -> None:
                           "e.g. 150,180,210") from None
     if opt.seed is None:
         opt.seed = seed_from_trial(opt.trial)
+    if opt.data_seed is None:
+        opt.data_seed = opt.seed
+    if opt.mixup > 0 and opt.strong_aug != "none":
+        raise ConfigError("--mixup and --strong_aug cannot be combined (the second view would not be mixed); "
+                          "drop one of them")
+    if opt.strong_aug != "none" and opt.dali:
+        raise ConfigError("--strong_aug is not available with --dali; use --loader tensor or torch")
     if opt.batch_size < 1:
         raise ConfigError(f"--batch_size {opt.batch_size}: must be at least 1")
     if opt.epochs < 1:

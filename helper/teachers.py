@@ -24,12 +24,16 @@ class FrozenTeacher:
     """Offline KD: weights and BatchNorm statistics never change."""
 
     trainable = False
+    strong = False  # also run on the batch's second view (set when a student uses one)
 
-    def __init__(self, model: nn.Module, needs=frozenset(), inference_mode: bool = True, layer_transform=None):
+    def __init__(self, model: nn.Module, needs=frozenset(), inference_mode: bool = True, layer_transform=None,
+                 layer_views: dict | None = None):
+        """``layer_views`` ({key: transform}): record the block layers once per reduction the students ask
+        for (a teacher shared by a group); ``layer_transform``: the one reduction of a single student."""
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.runner = ModelRunner(self.model, needs, layer_transform)
+        self.runner = ModelRunner(self.model, needs, layer_transform, layer_views)
         self.inference_mode = inference_mode
 
     def outputs(self, x: torch.Tensor):
@@ -90,6 +94,7 @@ class PeerTeacher:
     """Online distillation (deep mutual learning): the peer trains with CE + div * KL(peer || student)."""
 
     trainable = True
+    strong = False
 
     def __init__(self, model: nn.Module, needs=frozenset(), layer_transform=None):
         self.model = model

@@ -81,3 +81,46 @@ def set_rng_state(state: dict) -> None:
 
 def parse_int_list(text: str) -> list:
     return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+class RNGStream:
+    """A private stream of torch's global generators (the CPU one and, on CUDA, the device's), swapped in
+    while its owner works (``with stream:``).
+
+    Several networks trained in one process (a group of students) each draw from their own stream for
+    their initialisation and every training step (dropout, mixup-free randomness of methods, init probes),
+    so a student's run does not depend on what the others draw: it is the experiment a separate process
+    with the same seed would run. Re-entering an active stream is a no-op.
+    """
+
+    def __init__(self, seed: int, device="cpu"):
+        self.device = torch.device(device)
+        self._depth = 0
+        outer = self._get()
+        torch.manual_seed(int(seed))
+        self._state = self._get()
+        self._set(outer)
+
+    def _get(self):
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set(self, state) -> None:
+        cpu, cuda = state
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.device)
+
+    def __enter__(self):
+        if self._depth == 0:
+            self._outer = self._get()
+            self._set(self._state)
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0:
+            self._state = self._get()
+            self._set(self._outer)
+        return False

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Tap
+from .layers import Tap, stage_outputs
 
 __all__ = ["ShuffleNetV2", "ShuffleV2", "ShuffleV2_1_5"]
 
@@ -162,11 +162,7 @@ class ShuffleNetV2(nn.Module):
         out = self.tap_pool(out.flatten(1))
         f4 = out
         out = self.linear(out)
-        if not is_feat:
-            return out
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, f4], out
-        return [f0, f1, f2, f3, f4], out
+        return stage_outputs(out, [f0, f1, f2, f3, f4], [f0, f1_pre, f2_pre, f3_pre, f4], is_feat, preact)
 
 
 def ShuffleV2(**kwargs):

@@ -20,6 +20,22 @@ class Tap(nn.Identity):
     """A parameter-free marker module whose output is a layer: adds no state_dict keys."""
 
 
+def stage_outputs(logits, feats, preacts, is_feat: bool, preact):
+    """The return value of every model's ``forward(x, is_feat, preact)`` (the zoo's one contract).
+
+    ``is_feat`` false: logits. ``preact`` false: ``(feats, logits)``; true: ``(preacts, logits)``
+    (RepDistiller's pre-activation stage features); ``"both"``: ``((feats, preacts), logits)``, so that
+    one forward serves a caller that needs both (a group of students with different needs). ``preacts``
+    may be a callable (computed only when asked: WRN's extra BatchNorm calls).
+    """
+    if not is_feat:
+        return logits
+    if preact:
+        pre = preacts() if callable(preacts) else preacts
+        return ((feats, pre) if preact == "both" else pre), logits
+    return feats, logits
+
+
 def _first_tensor(out):
     """Blocks may return ``(out, preact)``; the layer is the first tensor."""
     if isinstance(out, (tuple, list)):
@@ -43,7 +59,7 @@ class LayerRecorder:
     no_grad / inference_mode), exactly like the model's own outputs.
     """
 
-    def __init__(self, model: nn.Module, names: list[str] | None = None, transform=None):
+    def __init__(self, model: nn.Module, names: list[str] | None = None, transform=None, views: dict | None = None):
         inner = getattr(model, "module", model)  # DDP / DataParallel wrappers
         self.names = list(names if names is not None else inner.layer_names())
         modules = dict(inner.named_modules())
@@ -52,16 +68,25 @@ class LayerRecorder:
             raise ValueError(f"{type(inner).__name__}.layer_names() lists modules it does not have: {missing}")
         self._active = False
         self._transform = transform
+        # ``views``: {key: transform or None}; every block output is stored once per view (a teacher shared
+        # by students that reduce layers differently); :attr:`views_out` then holds one list per key
+        self._views = dict(views) if views else None
         self._store: list[torch.Tensor] = []
+        self._view_store: dict = {}
         self._handles = [modules[n].register_forward_hook(self._hook) for n in self.names]
 
     def _hook(self, module, inputs, output):
         if self._active:
             out = _first_tensor(output)
-            self._store.append(out if self._transform is None else self._transform(out))
+            if self._views is not None:
+                for key, tf in self._views.items():
+                    self._view_store[key].append(out if tf is None else tf(out))
+            else:
+                self._store.append(out if self._transform is None else self._transform(out))
 
     def __enter__(self):
         self._store = []
+        self._view_store = {key: [] for key in self._views} if self._views is not None else {}
         self._active = True
         return self
 
@@ -69,13 +94,21 @@ class LayerRecorder:
         self._active = False
         return False
 
+    def _checked(self, store: list) -> list:
+        if len(store) != len(self.names):
+            raise RuntimeError(
+                f"expected {len(self.names)} layer outputs, recorded {len(store)}: "
+                "a listed module ran more or fewer times than once per forward")
+        return list(store)
+
     @property
     def layers(self) -> list[torch.Tensor]:
-        if len(self._store) != len(self.names):
-            raise RuntimeError(
-                f"expected {len(self.names)} layer outputs, recorded {len(self._store)}: "
-                "a listed module ran more or fewer times than once per forward")
-        return list(self._store)
+        return self._checked(self._store)
+
+    @property
+    def views_out(self) -> dict:
+        """{view key: list of layers} of the last forward (recorders built with ``views``)."""
+        return {key: self._checked(store) for key, store in self._view_store.items()}
 
     def remove(self):
         for h in self._handles:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import Tap
+from .layers import Tap, stage_outputs
 
 __all__ = ["MobileNetV2", "mobilenetv2_T_w", "mobile_half", "mobile_half_double"]
 
@@ -136,9 +136,8 @@ class MobileNetV2(nn.Module):
         out = self.tap_pool(out.flatten(1))
         f5 = out
         out = self.classifier(out)
-        if is_feat:
-            return [f0, f1, f2, f3, f4, f5], out
-        return out
+        feats = [f0, f1, f2, f3, f4, f5]
+        return stage_outputs(out, feats, feats, is_feat, preact)  # RepDistiller: no separate preact
 
 
 def mobilenetv2_T_w(T, W, feature_dim=100):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Tap
+from .layers import Tap, stage_outputs
 
 __all__ = ["ResNet", "BasicBlock", "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56",
            "resnet110", "resnet8x4", "resnet32x4"]
@@ -113,11 +113,7 @@ class ResNet(nn.Module):
         x = self.tap_pool(x.flatten(1))
         f4 = x
         x = self.fc(x)
-        if not is_feat:
-            return x
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, f4], x
-        return [f0, f1, f2, f3, f4], x
+        return stage_outputs(x, [f0, f1, f2, f3, f4], [f0, f1_pre, f2_pre, f3_pre, f4], is_feat, preact)
 
 
 def resnet8(**kwargs):

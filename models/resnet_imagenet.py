@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Tap
+from .layers import Tap, stage_outputs
 
 __all__ = ["ResNetImageNet", "ResNet18_imagenet", "ResNet34_imagenet", "ResNet50_imagenet"]
 
@@ -137,11 +137,7 @@ class ResNetImageNet(nn.Module):
         x = self.tap_pool(self.avgpool(x).flatten(1))
         f5 = x
         x = self.fc(x)
-        if not is_feat:
-            return x
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, f4_pre, f5], x
-        return [f0, f1, f2, f3, f4, f5], x
+        return stage_outputs(x, [f0, f1, f2, f3, f4, f5], [f0, f1_pre, f2_pre, f3_pre, f4_pre, f5], is_feat, preact)
 
 
 def ResNet18_imagenet(**kwargs):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Tap
+from .layers import Tap, stage_outputs
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "ResNet18", "ResNet34", "ResNet50"]
 
@@ -134,11 +134,7 @@ class ResNet(nn.Module):
         out = self.tap_pool(self.avgpool(out).flatten(1))
         f5 = out
         out = self.linear(out)
-        if not is_feat:
-            return out
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, f4_pre, f5], out
-        return [f0, f1, f2, f3, f4, f5], out
+        return stage_outputs(out, [f0, f1, f2, f3, f4, f5], [f0, f1_pre, f2_pre, f3_pre, f4_pre, f5], is_feat, preact)
 
 
 def ResNet18(**kwargs):

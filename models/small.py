@@ -19,7 +19,7 @@ from collections import OrderedDict
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Tap
+from .layers import Tap, stage_outputs
 
 __all__ = ["MnistCNN", "cnn_mnist_teacher", "cnn_mnist_student", "VGGCifar", "VGGCifar9", "VGGCifar5"]
 
@@ -63,9 +63,7 @@ class MnistCNN(nn.Module):
         x = self.tap_hidden(F.relu(self.fc1(x.flatten(1))))
         feats.append(x)
         x = self.fc2(x)
-        if is_feat:
-            return feats, x
-        return x
+        return stage_outputs(x, feats, feats, is_feat, preact)  # no pre-activation variant
 
 
 def cnn_mnist_teacher(num_classes=10):
@@ -114,9 +112,7 @@ class VGGCifar(nn.Module):
         x = self.tap_pool(x.mean([2, 3]))
         feats.append(x)
         x = self.classifier(x)
-        if is_feat:
-            return feats, x
-        return x
+        return stage_outputs(x, feats, feats, is_feat, preact)  # no pre-activation variant
 
 
 def VGGCifar9(num_classes=10):

@@ -15,7 +15,7 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Tap
+from .layers import Tap, stage_outputs
 
 __all__ = ["VGG", "vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
            "vgg19", "vgg19_bn"]
@@ -115,11 +115,7 @@ class VGG(nn.Module):
         x = self.tap_pool(self.pool4(x).flatten(1))
         f5 = x
         x = self.classifier(x)
-        if not is_feat:
-            return x
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, f4_pre, f5], x
-        return [f0, f1, f2, f3, f4, f5], x
+        return stage_outputs(x, [f0, f1, f2, f3, f4, f5], [f0, f1_pre, f2_pre, f3_pre, f4_pre, f5], is_feat, preact)
 
 
 def vgg8_bn(**kwargs):

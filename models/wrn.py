@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Tap
+from .layers import Tap, stage_outputs
 
 __all__ = ["WideResNet", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
 
@@ -117,13 +117,9 @@ class WideResNet(nn.Module):
         out = self.tap_pool(out.flatten(1))
         f4 = out
         out = self.fc(out)
-        if not is_feat:
-            return out
-        if preact:
-            f1 = _bn_no_stat_update(self.block2.layer[0].bn1, f1)
-            f2 = _bn_no_stat_update(self.block3.layer[0].bn1, f2)
-            f3 = _bn_no_stat_update(self.bn1, f3)
-        return [f0, f1, f2, f3, f4], out
+        return stage_outputs(out, [f0, f1, f2, f3, f4], lambda: [
+            f0, _bn_no_stat_update(self.block2.layer[0].bn1, f1), _bn_no_stat_update(self.block3.layer[0].bn1, f2),
+            _bn_no_stat_update(self.bn1, f3), f4], is_feat, preact)
 
 
 def wrn_16_1(**kwargs):

@@ -100,7 +100,7 @@ CASES = [(n, st) for n in NAMES for st in _stages(n)]
 @pytest.mark.parametrize("name,stage", CASES)
 def test_gradient_flow_frozen_teacher_and_descent(name, stage):
     """One build per case (these models are the slow part): gradient flow, then a few steps."""
-    from helper.loops import train_one_epoch
+    from helper.loops import Run, train_one_epoch
     opt, inner, teacher, batch = build(name, stage)
     before = copy.deepcopy(teacher.model.state_dict())
     inner.train()
@@ -140,7 +140,7 @@ def test_gradient_flow_frozen_teacher_and_descent(name, stage):
         opt.print_freq, opt.epochs = 0, 1
         loader = [(batch.images, batch.targets, batch.index)] * 2
         sgd = torch.optim.SGD([p for p in inner.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-        train_one_epoch(1, loader, inner, inner, teacher, sgd, opt, "cpu")
+        train_one_epoch(1, loader, [Run(opt, inner, sgd, teacher)], "cpu")
     after = teacher.model.state_dict()
     for k, v in before.items():
         assert torch.equal(v, after[k]), f"{name}: teacher tensor {k} changed"

@@ -123,9 +123,9 @@ def run_student_in_process(argv, local_rank=None, union_of=None):
     captured = {}
     real_fit, real_loaders = train_student.fit, dataset.get_dataloaders
 
-    def fit(opt_, *, inner, **kw):
-        out = real_fit(opt_, inner=inner, **kw)
-        captured.update({k: v.detach().clone() for k, v in inner.state_dict().items() if torch.is_tensor(v)})
+    def fit(runs, *args, **kw):
+        out = real_fit(runs, *args, **kw)
+        captured.update({k: v.detach().clone() for k, v in runs[0].inner.state_dict().items() if torch.is_tensor(v)})
         return out
 
     def loaders(opt_, input_shape=None, **kw):

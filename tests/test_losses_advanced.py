@@ -50,7 +50,8 @@ def make_opt(method, **over):
 
 def probe(shapes, num_classes=5):
     """Outputs of a batch of 2 with feature maps of the given (C, H, W) / (C,) shapes."""
-    return Outputs(logits=torch.zeros(2, num_classes), feats=[torch.zeros(2, *s) for s in shapes])
+    feats = [torch.zeros(2, *s) for s in shapes]
+    return Outputs(logits=torch.zeros(2, num_classes), feats=feats, preacts=feats)
 
 
 def make_ctx(method, s_shapes, t_shapes, *, model_s=None, model_t=None, n_train=40, batch=8, targets=None,
@@ -65,7 +66,8 @@ def feats_from(shapes, b, gen, scale=1.0):
 
 
 def t_outputs(shapes, b, gen, num_classes=5):
-    return Outputs(logits=torch.randn(b, num_classes, generator=gen), feats=feats_from(shapes, b, gen))
+    feats = feats_from(shapes, b, gen)
+    return Outputs(logits=torch.randn(b, num_classes, generator=gen), feats=feats, preacts=feats)
 
 
 def test_recommended_weights_are_the_published_ones():

@@ -20,7 +20,7 @@ from dataset.torch_loader import _loader_kwargs
 from distiller_zoo import BuildContext, build_distiller, get_distiller_class
 from helper.engine import place
 from helper.forward import compile_model
-from helper.loops import DistillStudent, train_one_epoch, validate
+from helper.loops import DistillStudent, Run, train_one_epoch, validate
 from helper.teachers import FrozenTeacher
 from models import model_dict
 
@@ -103,7 +103,7 @@ def trajectory(method: str, partial: bool | None = None, **paths):
     opt, inner, teacher, sgd = build(method, **paths)
     batches, _, _ = make_batches(method, partial)
     rec = StepRecorder(inner)
-    train_one_epoch(1, batches, rec, inner, teacher, sgd, opt, "cpu", log=lambda *a: None)
+    train_one_epoch(1, batches, [Run(opt, inner, sgd, teacher, step_module=rec)], "cpu", log=lambda *a: None)
     val = validate(inner.predict, [(x, y) for x, y, _ in batches], "cpu", opt)
     return (torch.tensor(rec.steps, dtype=torch.float64),
             torch.tensor([val["loss"], val["acc1"]], dtype=torch.float64))
@@ -127,7 +127,7 @@ def test_channels_last_reaches_models_and_inputs():
     hooks = [m.register_forward_pre_hook(lambda mod, a: seen.append(a[0].is_contiguous(
         memory_format=torch.channels_last))) for m in (inner.student, teacher.model)]
     batches, _, _ = make_batches("kd")
-    train_one_epoch(1, batches[:1], inner, inner, teacher, sgd, opt, "cpu", log=lambda *a: None)
+    train_one_epoch(1, batches[:1], [Run(opt, inner, sgd, teacher)], "cpu", log=lambda *a: None)
     for h in hooks:
         h.remove()
     assert seen == [True, True]  # teacher and student both got NHWC images
@@ -193,9 +193,9 @@ def test_compile_same_losses_with_layer_hooks_and_static_shapes():
     batches, _, _ = make_batches("cka_group", partial=True)
     rec = StepRecorder(inner)
     graphs = []
-    train_one_epoch(1, batches[:1], rec, inner, teacher, sgd, opt, "cpu", log=lambda *a: None)
+    train_one_epoch(1, batches[:1], [Run(opt, inner, sgd, teacher, step_module=rec)], "cpu", log=lambda *a: None)
     graphs.append(counters["stats"]["unique_graphs"])
-    train_one_epoch(1, batches[1:], rec, inner, teacher, sgd, opt, "cpu", log=lambda *a: None)
+    train_one_epoch(1, batches[1:], [Run(opt, inner, sgd, teacher, step_module=rec)], "cpu", log=lambda *a: None)
     graphs.append(counters["stats"]["unique_graphs"])
     got = torch.tensor(rec.steps, dtype=torch.float64)
     torch.testing.assert_close(got[:3], ref[:3], rtol=1e-5, atol=1e-5)
@@ -245,6 +245,6 @@ def test_epoch_metrics_are_batch_weighted_means_of_the_steps():
             want += torch.tensor([float(res[k]) for k in ("loss", "loss_cls", "loss_div", "loss_kd")],
                                  dtype=torch.float64) * y.size(0)
             n += y.size(0)
-    out = train_one_epoch(1, batches, inner, inner, teacher, sgd, opt, "cpu", log=lambda *a: None)
+    out = train_one_epoch(1, batches, [Run(opt, inner, sgd, teacher)], "cpu", log=lambda *a: None)[0]
     got = torch.tensor([out[k] for k in ("loss", "loss_cls", "loss_div", "loss_kd")], dtype=torch.float64)
     torch.testing.assert_close(got, want / n, rtol=1e-5, atol=1e-6)
