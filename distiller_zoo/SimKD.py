@@ -7,7 +7,8 @@ average-pooled to the smaller's size first)::
 
     L = MSE(P(f_s), f_t)          logits(s) = cls_t(avgpool(P(f_s)))
 
-The student predicts through the teacher's classifier, in training and in validation: ``cls_t`` is a frozen
+The student predicts through the teacher's classifier, in training (accuracy) and in validation; the loop's
+CE and KD terms (``-c``, ``-d``) see the student's own classifier, as in SimKD's code: ``cls_t`` is a frozen
 copy of it (no gradient) stored in the distiller, so the student checkpoint plus the distiller's state is a
 complete classifier without the teacher file. Published setting ``-c 0 -d 0 -b 1``: the student's own
 classifier is then never trained (do not reuse such a student's ``model`` alone).
@@ -70,6 +71,12 @@ class SimKD(Distiller):
     def logits(self, s):
         p = self.project(s.feats[-2])
         return self.cls_t(F.adaptive_avg_pool2d(p, 1).flatten(1))
+
+    def loss_logits(self, s):
+        """SimKD's own training loop computes CE and KL (``-c``, ``-d``) on the student's own classifier
+        output before replacing it with the projected prediction; with the published ``-c 0 -d 0`` they
+        are not used at all."""
+        return s.logits
 
     def forward(self, s, t, batch):
         f_t = t.feats[-2]
