@@ -237,6 +237,9 @@ def train_students(opts: list, device) -> list:
         o.drop_last = drop_last
         for k, v in c.loader_options(o).items():
             loader_kw[k] = loader_kw.get(k) or v
+        last = os.path.join(o.save_folder, f"{o.model_s}_last.pth")
+        if getattr(o, "resume_all", False) and not o.resume and os.path.isfile(last):
+            o.resume = last  # train_group.py --resume_all: continue where this student stopped
     folders = [o.save_folder for o in opts]
     dup = sorted({f for f in folders if folders.count(f) > 1})
     if dup:
@@ -265,7 +268,8 @@ def train_students(opts: list, device) -> list:
                 raise ConfigError(f"--distill {o.distill} trains through its own loss, whose weight -b/--beta is 0; "
                                   f"pass -b (published setting: {getattr(cls, 'recommended', '-b 1')})")
         except ConfigError as e:
-            raise ConfigError(f"{labels[i]}{e}" if group else str(e)) from None
+            raise ConfigError(f"student {i + 1} of {len(opts)} ({getattr(o, 'row', o.distill)}): {e}" if group
+                              else str(e)) from None
         if not distiller.has_loss and o.beta != 0:
             warnings.warn(f"--distill {o.distill} has no beta term; -b {o.beta} is ignored")
         built.append(place(DistillStudent(student, distiller, o), o, device))

@@ -249,7 +249,11 @@ class TrainRun(Run):
 
     def finish(self) -> dict:
         """summary.json's content (also written): best/last accuracy, epochs, time, and the stop reason of a
-        diverged run."""
+        diverged run. A run that had nothing left to train (resumed after its last epoch) keeps its summary."""
+        done = os.path.join(self.save_folder, "summary.json")
+        if not self.last and not self.stopped and self.start_epoch > self.opt.epochs and os.path.isfile(done):
+            with open(done) as f:
+                return json.load(f)
         out = dict(self.summary)
         out.update({"best_acc": self.best_acc if self.best_epoch else None, "best_epoch": self.best_epoch,
                     "last_acc": self.last.get("test", {}).get("acc1"), "last_epoch": self.last.get("epoch"),

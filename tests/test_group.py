@@ -1,0 +1,177 @@
+"""train_group.py: K students, one teacher forward per batch, one data stream, each student the same
+experiment as its separate train_student.py run.
+
+* bitwise: a group of kd, crd, cka_group and FitNet with an init stage, on CPU with --deterministic,
+  gives every student exactly the weights, distiller state and logged metrics of its separate run
+  (the ``separate_command`` the group records), though the teacher ran once per batch for all of them;
+* the teacher's forward runs once per batch, not once per student;
+* a diverging student stops alone (one line, its folder says so), the others finish; a refused row stops
+  the group before any training; rows that would share a folder, or change a group-wide flag, are refused;
+* resuming the group (--resume_all) is exact, and a finished student is left as it is.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+
+import pytest
+import torch
+
+import train_group
+import train_student
+import train_teacher
+from fakedata import make_cifar
+from helper.checkpoint import load_file
+
+SEP = ":" if os.name != "nt" else "~"
+TINY = ["--dataset", "cifar100", "--batch_size", "16", "--print_freq", "2", "--num_workers", "0",
+        "--save_freq", "0", "--lr_decay_epochs", "1", "--deterministic"]
+ROWS = {
+    "kd": "--distill kd -c 0.1 -d 0.9",
+    "crd": "--distill crd -c 1 -d 0 -b 0.8 --nce_k 32 --feat_dim 16",
+    "cka_group": "--distill cka_group -c 1 -d 1 -b 1 --cka_images 32",
+    "hint": "--distill hint -c 1 -d 0 -b 1 --init_epochs 1 --hint_layer 2",
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gdata")
+    make_cifar(str(root), "cifar100", n_train=72, n_test=32, seed=0)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def teacher(data_dir, tmp_path_factory):
+    save = str(tmp_path_factory.mktemp("gteacher"))
+    train_teacher.main(["--model", "resnet14", "--data_folder", data_dir, "--epochs", "1", "--save_dir", save]
+                       + TINY)
+    return os.path.join(save, "teachers", "models", "resnet14_vanilla_cifar100_trial_0", "resnet14_best.pth")
+
+
+def shared(data_dir, teacher, save, epochs=2):
+    return ["--path_t", teacher, "--model_s", "resnet8", "--data_folder", data_dir, "--epochs", str(epochs),
+            "--save_dir", save, "--trial", "3"] + TINY
+
+
+def folder(save, distill, c, d, b, trial="3"):
+    return os.path.join(save, "students", "models",
+                        f"S{SEP}resnet8_T{SEP}resnet14_cifar100_{distill}_r{SEP}{c}_a{SEP}{d}_b{SEP}{b}_{trial}")
+
+
+FOLDERS = {"kd": ("kd", 0.1, 0.9, 0.0), "crd": ("crd", 1.0, 0.0, 0.8), "cka_group": ("cka_group", 1.0, 1.0, 1.0),
+           "hint": ("hint", 1.0, 0.0, 1.0)}
+
+
+def state(path):
+    ckpt = load_file(path)
+    return ckpt["model"], ckpt["distiller"], ckpt["optimizer"]
+
+
+def metrics(path):
+    return [json.loads(line) for line in open(os.path.join(path, "metrics.jsonl"))]
+
+
+def assert_bitwise(a, b, what):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for k in a:
+            assert_bitwise(a[k], b[k], f"{what}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise(x, y, f"{what}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), f"{what} differs (max {float((a.double() - b.double()).abs().max()):.3g})"
+    else:
+        assert a == b, (what, a, b)
+
+
+def test_group_students_are_bitwise_their_separate_runs(data_dir, teacher, tmp_path, monkeypatch):
+    g_save, s_save = str(tmp_path / "group"), str(tmp_path / "separate")
+    calls = {"n": 0}
+    real = train_student.FrozenTeacher.outputs
+
+    def counted(self, x):
+        calls["n"] += 1
+        return real(self, x)
+
+    monkeypatch.setattr(train_student.FrozenTeacher, "outputs", counted)
+    argv = shared(data_dir, teacher, g_save)
+    for row in ROWS.values():
+        argv += ["--student", row]
+    opts = train_group.parse_group(argv)
+    summaries = train_group.main(argv)
+    assert [s["status"] for s in summaries] == ["finished"] * 4
+    # 72 images, batch 16, drop_last (cka_group): 4 batches x (1 init epoch + 2 epochs), one teacher forward each
+    assert calls["n"] == 4 * 3, calls
+    monkeypatch.setattr(train_student.FrozenTeacher, "outputs", real)
+    for opt, name in zip(opts, ROWS):
+        cmd = shlex.split(opt.separate_command)[2:]
+        cmd[cmd.index("--save_dir") + 1] = s_save
+        assert "--data_seed" in cmd and ("--drop_last" in cmd) == (name != "cka_group")
+        train_student.main(cmd)
+        fa, fb = folder(g_save, *FOLDERS[name]), folder(s_save, *FOLDERS[name])
+        assert_bitwise(state(os.path.join(fa, "resnet8_last.pth")), state(os.path.join(fb, "resnet8_last.pth")), name)
+        ma, mb = metrics(fa), metrics(fb)
+        for rec in ma + mb:  # wall-clock fields differ, the rest must not
+            rec.pop("epoch_time"), rec.pop("img_per_s")
+        assert ma == mb, name
+        params = json.load(open(os.path.join(fa, "parameters.json")))
+        assert params["data_seed"] == 3 and params["seed"] == 3 and params["drop_last"] is True
+
+
+def test_a_diverging_student_stops_alone(data_dir, teacher, tmp_path, capsys):
+    save = str(tmp_path)
+    argv = shared(data_dir, teacher, save) + ["--student", ROWS["kd"],
+                                              "--student", "--distill similarity -c 1 -d 0 -b 1e30"]
+    summaries = train_group.main(argv)
+    assert summaries[0]["status"] == "finished" and summaries[0]["last_epoch"] == 2
+    assert summaries[1]["status"] == "diverged" and "step 2 of epoch 1" in summaries[1]["stopped"]
+    out = capsys.readouterr().out
+    assert sum("stopped: the training loss became" in ln for ln in out.splitlines()) == 1
+    bad = folder(save, "similarity", 1.0, 0.0, 1e30)
+    assert json.load(open(os.path.join(bad, "summary.json")))["status"] == "diverged"
+    assert not os.path.exists(os.path.join(bad, "resnet8_last.pth"))
+
+
+def run_fails(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        train_group.main(argv)
+    assert exc.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("  warnings.warn")]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_refusals_before_any_training(data_dir, teacher, tmp_path, capsys):
+    save = str(tmp_path)
+    base = shared(data_dir, teacher, save)
+    msg = run_fails(base + ["--student", ROWS["kd"], "--student", "--distill crd -c 1 -d 0 -b 0"], capsys)
+    assert "student 2" in msg and "-b/--beta is 0" in msg
+    assert not os.path.exists(os.path.join(save, "students"))  # nothing trained, nothing written
+    msg = run_fails(base + ["--student", ROWS["kd"], "--student", ROWS["kd"]], capsys)
+    assert "two students would write to" in msg and "--trial" in msg
+    msg = run_fails(base + ["--student", ROWS["kd"], "--student", ROWS["crd"] + " --epochs 3"], capsys)
+    assert "--epochs differs" in msg
+    msg = run_fails(base + ["--student", ROWS["kd"] + " --data_seed 5"], capsys)
+    assert "--data_seed" in msg
+    assert "no students" in run_fails(base, capsys)
+
+
+def test_group_resume_is_exact_and_keeps_finished_students(data_dir, teacher, tmp_path):
+    rows = ["--student", ROWS["kd"], "--student", ROWS["cka_group"]]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    train_group.main(shared(data_dir, teacher, one) + rows)
+    train_group.main(shared(data_dir, teacher, two, epochs=1) + rows)
+    # the second group is extended to 2 epochs: both students continue from epoch 1
+    train_group.main(shared(data_dir, teacher, two) + rows + ["--resume_all"])
+    for name in ("kd", "cka_group"):
+        a = state(os.path.join(folder(one, *FOLDERS[name]), "resnet8_last.pth"))
+        b = state(os.path.join(folder(two, *FOLDERS[name]), "resnet8_last.pth"))
+        assert_bitwise(a, b, name)
+        assert [r["epoch"] for r in metrics(folder(two, *FOLDERS[name]))] == [1, 2]
+    before = json.load(open(os.path.join(folder(two, *FOLDERS["kd"]), "summary.json")))
+    summaries = train_group.main(shared(data_dir, teacher, two) + rows + ["--resume_all"])  # nothing left to do
+    assert summaries[0] == before
