@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dataset
+import train_group
 import train_student
 import train_teacher
 from dataset.base import default_train_sampler
@@ -217,7 +218,7 @@ def launch(args, *, torchrun: bool, capfd=None, env_extra=None, timeout=240):
                "127.0.0.1", "--master-port", str(port)] + args
         p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         return Result(p.returncode, p.stdout, p.stderr), time.time() - t0
-    script = {"train_student.py": train_student, "train_teacher.py": train_teacher}[args[0]]
+    script = {"train_student.py": train_student, "train_teacher.py": train_teacher, "train_group.py": train_group}[args[0]]
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", *(env_extra or {}))}
     os.environ.update({"OMP_NUM_THREADS": "1"}, **(env_extra or {}))  # inherited by the spawned children
     capfd.readouterr()
@@ -344,3 +345,18 @@ def test_distributed_refusals(files, tmp_path, capsys, extra, words):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+
+
+def test_mp_spawn_group_each_student_ddp_wrapped_writes_once(files, tmp_path, capfd):
+    """train_group.py under DDP: the teacher's outputs per rank, each student its own DDP module; every
+    student's folder is written once (rank 0), and cka_group's --cka_gather and CRD's collectives interleave
+    correctly between the students of one process."""
+    args = ["train_group.py"] + student_args(files, tmp_path, ["--epochs", "1"])[1:] + [
+        "--student", "--distill kd -c 1 -d 1",
+        "--student", "--distill crd -c 1 -d 0 -b 0.8 --nce_k 16 --feat_dim 16",
+        "--student", "--distill cka_group -c 1 -d 1 -b 1 --cka_gather --cka_images 32"]
+    p, _ = launch(args, torchrun=False, capfd=capfd)
+    assert_ok(p, ["[1/3 kd cnn_mnist_student t1] epoch 1/1 ", "[3/3 cka_group cnn_mnist_student t1] epoch 1/1 "])
+    for distill, w in (("kd", (1.0, 1.0, 0.0)), ("crd", (1.0, 0.0, 0.8)), ("cka_group", (1.0, 1.0, 1.0))):
+        folder, tb = student_folders(tmp_path, distill, *w)
+        check_run_folder(folder, tb, "cnn_mnist_student", [1], n_events=1)

@@ -254,6 +254,21 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_earlier_epochs(data_d
     assert after == before
 
 
+def test_divergence_is_caught_at_print_freq_in_an_init_stage(data_dir, teacher_ckpt, tmp_path, capsys):
+    """A NaN/inf loss is checked every --print_freq steps, in init stages too: the run stops there (one line,
+    exit 2) instead of handing NaN modules to the main stage and training an epoch on them."""
+    save = str(tmp_path)
+    argv = ["--path_t", teacher_ckpt, "--model_s", "resnet8", "--data_folder", data_dir, "--save_dir", save,
+            "--epochs", "1", "--skip-validation", "--distill", "hint", "-c", "1", "-d", "0", "-b", "1",
+            "--init_epochs", "2", "--learning_rate", "1e30"] + TINY + ["--print_freq", "2"]
+    msg = run_fails(train_student.main, argv, capsys)
+    assert "diverged" in msg and "step 2 of epoch 1" in msg and "init stage" in msg
+    folder = student_folder(save, "resnet8", "resnet14", "hint", "1.0", "0.0", "1.0")
+    assert json.load(open(os.path.join(folder, "summary.json")))["status"] == "diverged"
+    assert not os.path.exists(os.path.join(folder, "metrics.jsonl"))  # the main stage never ran
+    assert not [f for f in os.listdir(folder) if f.endswith(".pth")]
+
+
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = str(tmp_path / "ckpt.pth")
     atomic_save({"a": torch.ones(3)}, path)
