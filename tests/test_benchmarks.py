@@ -96,3 +96,21 @@ def test_targets_are_recorded(smoke):
     result, _ = smoke
     assert any("cka_group/kd" in k for k in result["targets"])
     assert any("crd/kd" in k for k in result["targets"])
+
+
+def test_bench_group_smoke(tmp_path):
+    """benchmarks/bench_group.py --smoke: a group of 2 against 1, the ideal from the teacher's share, JSON."""
+    out = tmp_path / "group.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join("benchmarks", "bench_group.py"), "--smoke", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.load(open(out))
+    assert [r["K"] for r in result["rows"]] == [1, 2] and _positive(result["teacher_s_per_batch"])
+    one, two = result["rows"]
+    assert one["wall"]["ratio"] == pytest.approx(1.0) and one["wall"]["ideal"] == pytest.approx(1.0)
+    for key in ("wall", "cpu"):
+        r = two[key]
+        assert _positive(r["ratio"]) and 1.0 < r["ideal"] < 2.0 and 0 < r["teacher_share"] < 1
+        assert r["fraction_of_ideal"] == pytest.approx(r["ratio"] / r["ideal"])
+    assert "group/separate" in proc.stdout
