@@ -1,11 +1,12 @@
 """The README's main job: on Fashion-MNIST, train a small teacher, then students with no
 distillation (baseline), KD and cka_group, and print their test accuracies.
 
-    python scripts/main_job.py                 # the default: about 8 minutes on 2 CPU cores
+    python scripts/main_job.py                 # the default: a few minutes on 2 CPU cores (README)
     python scripts/main_job.py --train_subset 0 --epochs_t 30 --epochs_s 30 --device cuda   # full data
 
-Every run goes through train_teacher.py / train_student.py (their main functions), so what this prints
-is what those scripts produce; run folders land under --save_dir.
+The teacher goes through train_teacher.py, the three students through train_group.py as one group (one
+teacher forward per batch, the same batches for all, each the run train_student.py would make alone), so
+what this prints is what those scripts produce; run folders land under --save_dir.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import fashion_experiments as fe  # noqa: E402  (the same run flags and schedule)
+import train_group  # noqa: E402
 import train_student  # noqa: E402
 import train_teacher  # noqa: E402
 from helper.checkpoint import SPLIT  # noqa: E402
@@ -55,35 +57,38 @@ def main():
     rows = []
     teacher_dir = os.path.join(a.save_dir, "teachers", "models",
                                f"{a.teacher}_vanilla_fashionmnist_trial_{a.trial}")
-    print(f"==> [1/4] teacher {a.teacher}: {a.epochs_t} epochs", flush=True)
+    print(f"==> [1/2] teacher {a.teacher}: {a.epochs_t} epochs", flush=True)
     fe.call(train_teacher.main, ["--model", a.teacher, "--trial", a.trial] + common(a, a.epochs_t))
     rows.append(("teacher", a.teacher, summary(teacher_dir)))
 
-    print(f"==> [2/4] baseline: {a.student} without distillation", flush=True)
-    fe.call(train_teacher.main, ["--model", a.student, "--trial", a.trial] + common(a, a.epochs_s))
-    rows.append(("baseline (CE)", a.student, summary(os.path.join(
-        a.save_dir, "teachers", "models", f"{a.student}_vanilla_fashionmnist_trial_{a.trial}"))))
-
+    # the three students as one group (train_group.py): one teacher forward per batch for all of them, the
+    # same batches for each (paired), each bitwise the run train_student.py would make on its own
     path_t = os.path.join(teacher_dir, f"{a.teacher}_best.pth")
-    for i, (label, distill, weights) in enumerate([
-            ("kd", "kd", ["-c", "0.1", "-d", "0.9", "-b", "0"]),
-            ("cka_group", "cka_group", ["-c", "1", "-d", "1", "-b", str(a.cka_beta)])], start=3):
-        print(f"==> [{i}/4] {label}: {a.teacher} -> {a.student}", flush=True)
-        argv = ["--path_t", path_t, "--model_s", a.student, "--distill", distill, "--trial", a.trial,
-                "--skip-validation"] + weights + common(a, a.epochs_s)
-        fe.call(train_student.main, argv)
-        opt = train_student.parse_option(argv)
+    students = [("baseline (CE)", "kd", ["-c", "1", "-d", "0", "-b", "0"]),
+                ("kd", "kd", ["-c", "0.1", "-d", "0.9", "-b", "0"]),
+                ("cka_group", "cka_group", ["-c", "1", "-d", "1", "-b", str(a.cka_beta)])]
+    print(f"==> [2/2] students of {a.teacher}, as one group: " + ", ".join(label for label, _, _ in students), flush=True)
+    shared = ["--path_t", path_t, "--model_s", a.student, "--trial", a.trial, "--skip-validation"] + common(a, a.epochs_s)
+    argv = list(shared)
+    for _, distill, weights in students:
+        argv += ["--student", " ".join(["--distill", distill] + weights)]
+    fe.call(train_group.main, argv)
+    for label, distill, weights in students:
+        opt = train_student.parse_option(shared + ["--distill", distill] + weights)
         train_student.name_run(opt, a.teacher)
-        rows.append((label, a.student, summary(opt.save_folder)))
+        rows.append((label + (" (-c 0.1 -d 0.9, published)" if label == "kd" else
+                              f" (-c 1 -d 1 -b {a.cka_beta})" if distill == "cka_group" else ""), a.student,
+                     summary(opt.save_folder)))
 
     n = a.train_subset or 60000
     print(f"\nFashion-MNIST, {n} training images, full 10,000-image test set; "
           f"teacher {a.epochs_t} epochs, students {a.epochs_s} epochs, batch {a.batch_size}, seed from trial {a.trial}")
-    print(f"| {'run':<14} | {'model':<10} | {'best top-1':>10} | {'last top-1':>10} | {'train time':>10} |")
-    print(f"|{'-' * 16}|{'-' * 12}|{'-' * 12}|{'-' * 12}|{'-' * 12}|")
+    print(f"| {'run':<34} | {'model':<10} | {'best top-1':>10} | {'last top-1':>10} | {'train time':>10} |")
+    print(f"|{'-' * 36}|{'-' * 12}|{'-' * 12}|{'-' * 12}|{'-' * 12}|")
     for label, model, s in rows:
-        print(f"| {label:<14} | {model:<10} | {s['best_acc']:>10.2f} | {s['last_acc']:>10.2f} | "
+        print(f"| {label:<34} | {model:<10} | {s['best_acc']:>10.2f} | {s['last_acc']:>10.2f} | "
               f"{s['train_time_s']:>9.0f}s |")
+    print(f"(the three students trained as one group: their train time is the group's)")
     print(f"\ntotal {time.time() - t0:.0f}s; run folders under {a.save_dir} "
           f"(student folders are named S{SPLIT}<student>_T{SPLIT}<teacher>_...)")
 

@@ -175,3 +175,23 @@ def test_group_resume_is_exact_and_keeps_finished_students(data_dir, teacher, tm
     before = json.load(open(os.path.join(folder(two, *FOLDERS["kd"]), "summary.json")))
     summaries = train_group.main(shared(data_dir, teacher, two) + rows + ["--resume_all"])  # nothing left to do
     assert summaries[0] == before
+
+
+def test_main_job_trains_its_students_as_one_group(tmp_path):
+    """scripts/main_job.py (the README's first command) end to end on tiny generated Fashion-MNIST files:
+    the teacher, then baseline, kd and cka_group as one group, and the table of the four runs."""
+    import subprocess
+    import sys
+    from fakedata import make_idx
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = make_idx(str(tmp_path / "fm"), n_train=200, n_test=40)
+    save = str(tmp_path / "save")
+    p = subprocess.run([sys.executable, "scripts/main_job.py", "--data_folder", data, "--save_dir", save,
+                        "--train_subset", "160", "--epochs_t", "1", "--epochs_s", "1", "--batch_size", "16"],
+                       cwd=root, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    table = [ln for ln in p.stdout.splitlines() if ln.startswith("| ") and "top-1" not in ln]
+    assert [ln.split("|")[1].strip().split(" (")[0] for ln in table] == ["teacher", "baseline", "kd", "cka_group"]
+    assert "as one group" in p.stdout and p.stdout.count("[3/3 cka_group resnet8 t0] epoch 1/1") == 1
+    students = os.listdir(os.path.join(save, "students", "models"))
+    assert len(students) == 3 and any("_kd_r:1.0_a:0.0_b:0.0_0" in s.replace("~", ":") for s in students)
