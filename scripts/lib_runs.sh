@@ -14,6 +14,10 @@
 #   RESUME    1 = continue an unfinished run from its <model>_last.pth (default 1)
 #   EXTRA_ARGS extra flags appended to every command, last, so they override the script's own (e.g.
 #             "--amp --channels_last", or "--epochs 1 --train_subset 500" for a quick end-to-end check)
+#   GROUP     1 = pack the train_student.py runs that share a teacher, a dataset and a trial into one
+#             train_group.py process per (teacher, dataset, trial): one teacher forward per batch for the
+#             whole table row, the same batches for every method (paired); each student is still the run
+#             (and writes the folder) its train_student.py command would (default 0)
 
 set -euo pipefail
 
@@ -26,9 +30,13 @@ set -euo pipefail
 : "${RESUME:=1}"
 : "${EXTRA_ARGS:=}"
 
+: "${GROUP:=0}"
+
 QUEUE_CMDS=()    # shell-quoted command lines
 QUEUE_LABELS=()  # one file-name-safe label per command (its log file)
 SKIPPED=0
+declare -A GROUP_ROWS=()   # GROUP=1: group key -> its rows, each a shell-quoted --student argument
+GROUP_KEYS=()              # group keys in the order they were first seen
 
 note() { echo "# $*"; }
 
@@ -106,8 +114,48 @@ enqueue() {
     read -r -a extra <<< "$EXTRA_ARGS"
     cmd+=("${extra[@]}")
   fi
+  if [[ $GROUP == 1 && ${cmd[1]:-} == train_student.py ]]; then
+    group_row "${cmd[@]}"
+    return 0
+  fi
   QUEUE_CMDS+=("$(shquote "${cmd[@]}")")
   QUEUE_LABELS+=("$(printf "%s" "$label" | tr -c 'A-Za-z0-9._=+-' '_')")
+}
+
+# group_row PYTHON train_student.py ARGS...: file the run as a row of its (teacher, dataset, trial) group
+# (its own --resume is dropped: the group resumes every unfinished student with --resume_all)
+group_row() {
+  local -a row=()
+  local path_t="" dataset="" trial="" i
+  local -a args=("${@:3}")
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    case ${args[i]} in
+      --resume) i=$((i + 1)); continue ;;
+      --path_t) path_t=${args[i+1]} ;;
+      --dataset) dataset=${args[i+1]} ;;
+      --trial) trial=${args[i+1]} ;;
+    esac
+    row+=("${args[i]}")
+  done
+  local key="$1|$path_t|$dataset|$trial"
+  if [[ -z ${GROUP_ROWS[$key]+x} ]]; then
+    GROUP_KEYS+=("$key")
+    GROUP_ROWS[$key]=""
+  fi
+  GROUP_ROWS[$key]+=" --student $(shquote "$(shquote "${row[@]}")")"
+}
+
+# flush_groups: one train_group.py command per group of rows (GROUP=1)
+flush_groups() {
+  local key py t d trial
+  for key in "${GROUP_KEYS[@]}"; do
+    IFS='|' read -r py t d trial <<< "$key"
+    QUEUE_CMDS+=("$(shquote "$py" train_group.py --resume_all)${GROUP_ROWS[$key]}")
+    QUEUE_LABELS+=("$(printf "group_%s_%s_trial_%s" "$(basename "$(dirname "$t")")" "$d" "$trial" \
+      | tr -c 'A-Za-z0-9._=+-' '_')")
+  done
+  GROUP_KEYS=()
+  GROUP_ROWS=()
 }
 
 # run_queue NAME: print (DRY_RUN=1) or run every queued command, one per GPU slot, each with
@@ -115,6 +163,7 @@ enqueue() {
 # Every command runs even if others fail; the exit status is 1 if any failed.
 run_queue() {
   local name=$1
+  flush_groups
   local n=${#QUEUE_CMDS[@]}
   local -a gpus slots
   if [[ -z $GPUS || $GPUS == cpu ]]; then

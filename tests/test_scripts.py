@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fakedata  # noqa: E402
 import published  # noqa: E402
 import summarize  # noqa: E402
+import train_group  # noqa: E402
 import train_student  # noqa: E402
 import train_teacher  # noqa: E402
 from distiller_zoo import DISTILLERS, BuildContext, build_distiller  # noqa: E402
@@ -167,6 +168,24 @@ def test_distill_env_trials_methods_pairs_teacher_path(tmp_path):
     assert all(c[-2:] == ["--epochs", "1"] for c in cmds)
     r = sh("run_cifar_distill.sh", tmp_path, check=False, DRY_RUN=1, METHODS="kd nosuch")
     assert r.returncode == 2 and "nosuch" in r.stderr
+
+
+def test_group_switch_packs_each_teachers_trial_into_one_train_group_run(tmp_path):
+    """GROUP=1: the rows of one (teacher, dataset, trial) become one train_group.py command whose students
+    are exactly the train_student.py runs of GROUP=0 (same flags, hence the same folders)."""
+    env = dict(TRIALS=2, METHODS="kd crd cka_group", PAIRS="resnet32x4:resnet8x4 vgg13:vgg8",
+               TEACHER_PATH="/ckpt/{t}.pth", EXTRA_ARGS="--epochs 1")
+    single, _ = dry("run_cifar_distill.sh", tmp_path, **env)
+    grouped, notes = dry("run_cifar_distill.sh", tmp_path, GROUP=1, **env)
+    assert len(single) == 12 and len(grouped) == 4 and all("train_group.py" in c for c in grouped)
+    rows = []
+    for cmd in grouped:
+        args = script_args(cmd, "train_group.py")
+        assert "--resume_all" in args
+        opts = train_group.parse_group(args)  # one group: the group-wide flags agree
+        assert len({(o.path_t, o.trial) for o in opts}) == 1 and len(opts) == 3
+        rows += [shlex.split(o.row) for o in opts]
+    assert sorted(map(tuple, rows)) == sorted(tuple(script_args(c, "train_student.py")) for c in single)
 
 
 def test_distill_refuses_to_start_without_teachers(tmp_path):
