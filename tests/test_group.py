@@ -195,3 +195,42 @@ def test_main_job_trains_its_students_as_one_group(tmp_path):
     assert "as one group" in p.stdout and p.stdout.count("[3/3 cka_group resnet8 t0] epoch 1/1") == 1
     students = os.listdir(os.path.join(save, "students", "models"))
     assert len(students) == 3 and any("_kd_r:1.0_a:0.0_b:0.0_0" in s.replace("~", ":") for s in students)
+
+
+def test_paired_statistics_against_the_t_formula():
+    import math
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import paired_table
+    d = paired_table.paired([1.0, 2.0, 3.0, 4.0, 5.0])
+    sd = math.sqrt(sum((x - 3.0) ** 2 for x in range(1, 6)) / 4)
+    half = 2.7764451051977987 * sd / math.sqrt(5)  # t(0.975, 4)
+    assert d["mean"] == 3.0 and d["std"] == pytest.approx(sd)
+    assert d["ci95"] == pytest.approx((3.0 - half, 3.0 + half)) and d["distinguishable"]
+    level = paired_table.paired([0.3, -0.2, 0.1, -0.4, 0.25])
+    assert level["ci95"][0] < 0 < level["ci95"][1] and not level["distinguishable"]
+
+
+def test_paired_table_runs_groups_per_trial_and_reports_differences(data_dir, teacher, tmp_path):
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import paired_table
+    table = tmp_path / "t.txt"
+    table.write_text("# label | flags\nbase | --distill kd -c 1 -d 0 -b 0\nkd | --distill kd -c 1 -d 1 -b 0\n")
+    save = str(tmp_path / "s")
+    shared = ["--path_t", teacher, "--model_s", "resnet8", "--data_folder", data_dir, "--epochs", "1",
+              "--save_dir", save] + TINY
+    out = str(tmp_path / "r.md")
+    data = paired_table.main(["--table", str(table), "--trials", "1,2", "--reference", "base", "--max_group", "1",
+                              "--out", out, "--"] + shared)
+    assert data["base"]["trials"] == [1, 2] and data["kd"]["trials"] == [1, 2]
+    diffs = data["kd"]["paired"]["diffs"]
+    assert diffs == pytest.approx([k - b for k, b in zip(data["kd"]["last"], data["base"]["last"])])
+    for t in (1, 2):  # one data stream per trial, shared by the two rows (even in separate groups)
+        params = [json.load(open(os.path.join(folder(save, d, 1.0, w, 0.0, trial=f"{lab}_{t}"), "parameters.json")))
+                  for lab, d, w in (("base", "kd", 0.0), ("kd", "kd", 1.0))]
+        assert [p["data_seed"] for p in params] == [t, t] and [p["seed"] for p in params] == [t, t]
+    assert "| kd |" in open(out).read() and os.path.isfile(str(tmp_path / "r.json"))
+    again = paired_table.main(["--table", str(table), "--trials", "1,2", "--reference", "base", "--report_only", "--"]
+                              + shared)
+    assert again["kd"]["last"] == data["kd"]["last"]
