@@ -63,21 +63,24 @@ def mlkd():
     with open(FIXTURE) as f:
         d = json.load(f)
 
-    def arr(s):
-        return np.frombuffer(base64.b64decode(s), np.uint8).reshape(d["shape"]).copy()
+    def arr(s, shape=d["shape"]):
+        return np.frombuffer(base64.b64decode(s), np.uint8).reshape(shape).copy()
 
     return d, arr
 
 
 def test_each_op_reproduces_mlkd(mlkd):
+    """Every op at two magnitudes on a 10x10 image; on a 32x32 one Equalize (which leaves images of under
+    255 pixels alone) and rotate/shear magnitudes where Pillow's fixed-point map is not the exact one."""
     d, arr = mlkd
-    img = arr(d["image"])
     assert {c["op"] for c in d["ops"]} == set(NAMES)
-    for case in d["ops"]:
-        k, want = NAMES.index(case["op"]), arr(case["out"])
-        assert np.array_equal(np.asarray(pil_op(Image.fromarray(img), k, case["v"])), want), case["op"]
-        got = tensor_op(to_tensor(img), k, torch.tensor([case["v"]], dtype=torch.float64))[0]
-        assert np.array_equal(to_array(got), want), case["op"]
+    large = d["large"]
+    for img, cases in ((arr(d["image"]), d["ops"]), (arr(large["image"], large["shape"]), large["ops"])):
+        for case in cases:
+            k, want = NAMES.index(case["op"]), arr(case["out"], img.shape)
+            assert np.array_equal(np.asarray(pil_op(Image.fromarray(img), k, case["v"])), want), case["op"]
+            got = tensor_op(to_tensor(img), k, torch.tensor([case["v"]], dtype=torch.float64))[0]
+            assert np.array_equal(to_array(got), want), case["op"]
 
 
 def test_randaugment_reproduces_mlkd_calls_from_their_draws(mlkd):
@@ -105,6 +108,7 @@ def _images():
                     rng.integers(70, 130, (h, w) + ch, dtype=np.uint8),  # low contrast
                     (rng.integers(0, 3, (h, w) + ch) * 100 + 7).astype(np.uint8)]  # three levels
         out.append(np.full((8, 8) + ch, 77, np.uint8))  # constant: autocontrast/equalize leave it
+        out.append((rng.random((32, 30) + ch) ** 3 * 255).astype(np.uint8))  # skewed, large enough to equalize
     return out
 
 
