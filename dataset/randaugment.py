@@ -29,7 +29,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from helper.errors import ConfigError
 
@@ -156,14 +155,17 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, f: torch.Tensor) -> torch.
 
 
 def _smooth(x: torch.Tensor) -> torch.Tensor:
-    """PIL's ImageFilter.SMOOTH (3x3 kernel [1 1 1; 1 5 1; 1 1 1] / 13, rounded); border pixels kept."""
-    n, c, h, w = x.shape
-    k = torch.ones(3, 3, device=x.device)
-    k[1, 1] = 5
-    k = (k / 13).expand(c, 1, 3, 3)
-    inner = F.conv2d(x.float(), k, groups=c).round_().clamp_(0, 255).to(torch.uint8)
+    """PIL's ImageFilter.SMOOTH: (3x3 sum + 4 * centre) / 13, rounded (never a tie), border pixels kept.
+    In integers, so exactly PIL's float result."""
+    h, w = x.shape[2:]
+    p = x.short()
+    s = 5 * p[:, :, 1:-1, 1:-1]
+    for dy in range(3):
+        for dx in range(3):
+            if dy != 1 or dx != 1:
+                s = s + p[:, :, dy:dy + h - 2, dx:dx + w - 2]
     out = x.clone()
-    out[:, :, 1:-1, 1:-1] = inner
+    out[:, :, 1:-1, 1:-1] = torch.div(s + 6, 13, rounding_mode="floor").to(torch.uint8)
     return out
 
 
@@ -193,8 +195,8 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
 def _affine(x: torch.Tensor, m: torch.Tensor, fixed: bool) -> torch.Tensor:
     """PIL's Image.transform(AFFINE, m, NEAREST) per sample (``m``: (n, 6) float64), zero outside: output
     pixel (i, j) reads input ``(floor(a(j+.5) + b(i+.5) + c), floor(d(j+.5) + e(i+.5) + f))``. Pillow
-    computes this in 16.16 fixed point when the map rotates or shears (``fixed``), in float64 for pure
-    translations; both are reproduced exactly."""
+    computes this in 16.16 fixed point when the map rotates or shears (``fixed``), reproduced exactly, and
+    in float64 for pure translations (equal to the integer shift here but for a last-bit tie)."""
     n, c, h, w = x.shape
     dev = x.device
     xs = torch.arange(w, device=dev).view(1, 1, w)
@@ -206,12 +208,12 @@ def _affine(x: torch.Tensor, m: torch.Tensor, fixed: bool) -> torch.Tensor:
 
         xin = (fix(cc + a * 0.5 + b * 0.5) + ys * fix(b) + xs * fix(a)) >> 16
         yin = (fix(f + d * 0.5 + e * 0.5) + ys * fix(e) + xs * fix(d)) >> 16
-    else:
-        xin = (a * (xs + 0.5) + b * (ys + 0.5) + cc).floor().long()
-        yin = (d * (xs + 0.5) + e * (ys + 0.5) + f).floor().long()
+    else:  # a translation (a = e = 1, b = d = 0): floor(j + .5 + c) = j + floor(c + .5)
+        xin = xs + (cc + 0.5).floor().long()
+        yin = ys + (f + 0.5).floor().long()
     inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    src = yin.clamp(0, h - 1) * w + xin.clamp(0, w - 1)
-    out = x.reshape(n, c, h * w).gather(2, src.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+    src = (yin.clamp(0, h - 1) * w + xin.clamp(0, w - 1)).expand(n, h, w)
+    out = x.reshape(n, c, h * w).gather(2, src.reshape(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
     return out * inside.unsqueeze(1)
 
 
@@ -260,13 +262,13 @@ def cutout(x: torch.Tensor, cut: torch.Tensor, fill) -> torch.Tensor:
     n, c, h, w = x.shape
     s, cx, cy = cut.unbind(1)
     x0, y0 = (cx - s / 2).clamp(min=0).floor(), (cy - s / 2).clamp(min=0).floor()
-    x1, y1 = torch.minimum(x0 + s, torch.full_like(s, w)).floor(), torch.minimum(y0 + s, torch.full_like(s, h)).floor()
-    cols = torch.arange(w, device=x.device, dtype=torch.float64)
-    rows = torch.arange(h, device=x.device, dtype=torch.float64)
-    in_x = (cols >= x0[:, None]) & (cols <= x1[:, None])
-    in_y = (rows >= y0[:, None]) & (rows <= y1[:, None])
-    box = (in_y[:, :, None] & in_x[:, None, :] & (s > 0).view(n, 1, 1)).unsqueeze(1)
-    value = torch.tensor(fill, dtype=torch.uint8, device=x.device).view(1, -1, 1, 1)
+    x1, y1 = (x0 + s).clamp(max=w).floor(), (y0 + s).clamp(max=h).floor()
+    on = (s > 0).view(n, 1)
+    cols, rows = torch.arange(w, device=x.device), torch.arange(h, device=x.device)
+    in_x = (cols >= x0.long().view(n, 1)) & (cols <= x1.long().view(n, 1)) & on
+    in_y = (rows >= y0.long().view(n, 1)) & (rows <= y1.long().view(n, 1))
+    box = (in_y.view(n, 1, h, 1) & in_x.view(n, 1, 1, w))
+    value = torch.tensor(fill, dtype=torch.uint8).to(x.device, non_blocking=True).view(1, -1, 1, 1)
     return torch.where(box, value, x)
 
 

@@ -56,20 +56,20 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
 
     One gather does both: output pixel (r, c) of sample b reads padded pixel
     (r + dy_b, dx_b + (W - 1 - c if flip_b else c)). No per-sample Python. The draws are made on the
-    generator's device (a CPU generator may serve a CUDA batch).
+    generator's device (a CPU generator may serve a CUDA batch: copied without a sync).
     """
     b, c, h, w = x.shape
     dev = x.device
     gdev = generator.device if generator is not None else dev
     if pad:
         x = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(dev)
-        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(dev)
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(dev, non_blocking=True)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(dev, non_blocking=True)
     else:
         dy = dx = torch.zeros(b, dtype=torch.long, device=dev)
     cols = torch.arange(w, device=dev).expand(b, w)
     if flip:
-        flipped = torch.rand(b, generator=generator, device=gdev).to(dev) < 0.5
+        flipped = torch.rand(b, generator=generator, device=gdev).to(dev, non_blocking=True) < 0.5
         cols = torch.where(flipped[:, None], (w - 1) - cols, cols)
     cols = cols + dx[:, None]
     rows = torch.arange(h, device=dev)[None, :] + dy[:, None]

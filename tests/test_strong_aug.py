@@ -181,7 +181,8 @@ def roots(tmp_path_factory):
     """Random images with values up to 100, so that an unaugmented pixel never has a Cutout colour."""
     base = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
-    rgb, grey = rng.integers(0, 101, (96, 32, 32, 3), dtype=np.uint8), rng.integers(0, 101, (96, 28, 28), dtype=np.uint8)
+    rgb = rng.integers(0, 101, (96, 32, 32, 3), dtype=np.uint8)
+    grey = rng.integers(0, 101, (96, 28, 28), dtype=np.uint8)
     return {"cifar10": make_cifar(base / "c10", "cifar10", train_images=rgb, n_test=40, seed=0),
             "fashionmnist": make_idx(base / "fm", train_images=grey, n_test=40, seed=1)}
 
