@@ -19,9 +19,10 @@ A :class:`Plan` holds every draw of a batch. Two implementations apply it: :func
 image; :class:`PILRandAugment` draws its plan from torch's default RNG, for the torch loader, which seeds
 that RNG per sample) and :func:`randaugment_batch` (tensor ops on a uint8 batch on any device, each sample
 its own ops and magnitudes, grouped by op; the plan is drawn on the CPU so that grouping needs no device
-sync). Given one plan they give the same pixels (tests/test_strong_aug.py), up to a rare +-1 where a
-blend lands on an integer. Ops run at the dataset's native size and channels, before the adaptation to
-the model's shape, as the weak view's crop/flip does.
+sync). Given one plan they give the same pixels (tests/test_strong_aug.py: every op, bitwise, Pillow's
+16.16 fixed-point rotate/shear included; a Pillow build that fuses the blend's multiply-add could differ
+by 1 where a value lands on an integer). Ops run at the dataset's native size and channels, before the
+adaptation to the model's shape, as the weak view's crop/flip does.
 """
 from __future__ import annotations
 

@@ -219,6 +219,8 @@ def test_strong_view_is_a_function_of_seed_and_epoch(roots, loader):
     assert torch.equal(first, strong(opt, 3))
     assert not torch.equal(first, strong(opt, 4))
     assert not torch.equal(first, strong(make_opt(**{**vars(opt), "seed": 1}), 3))
+    if loader == "torch":  # seeded per sample: the same in DataLoader workers
+        assert torch.equal(first, strong(make_opt(**{**vars(opt), "num_workers": 2}), 3))
 
 
 @pytest.mark.parametrize("loader", LOADERS)
