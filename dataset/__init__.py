@@ -23,6 +23,9 @@ input shape. The tensor loader's tensors are on ``device``; the torch loader's o
 CUDA), except ``contrast_idx`` which is drawn on ``device``: move batches with ``.to(device, non_blocking=True)``.
 Call ``bundle.set_epoch(epoch)`` before each epoch: order, augmentation and contrast draws are functions
 of (seed, epoch), so a run resumed at an epoch boundary sees the batches of an uninterrupted one.
+
+``opt.strong_aug = 'randaugment'`` (tensor and torch loaders): train ``images`` become the pair
+``(weak, strong)``, MLKD's second view (:mod:`dataset.randaugment`), drawn from its own seeded stream.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from .contrast import ContrastSampler
 from .digits import load_digits_arrays
 from .folder import decode_folder, find_root, image_folder
 from .mnist import load_idx_dataset
+from .randaugment import strong_view_asked
 
 __all__ = ["DATASETS", "DataBundle", "get_dataloaders", "native_shape", "num_classes"]
 
@@ -166,6 +170,7 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
     dali_mode = getattr(opt, "dali", None)
     if dali_mode and not augment:
         raise ConfigError("--no_augment is not available with --dali; drop one of them")
+    strong = strong_view_asked(opt, dali_mode)
     if dali_mode:  # DALI serves train/val; the torch path below still builds plain_train
         from .dali import check_dali
 
@@ -215,13 +220,15 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
         n_train, seed, rank, world_size, drop_last)
 
     if kind == "tensor":
+        from .randaugment import StrongBatchTransform
         from .tensor_loader import TensorTrainLoader, TensorValLoader, to_device_nchw
         from .transforms import BatchTransform
 
         x, y = to_device_nchw(train_arr, device)
-        train_loader = TensorTrainLoader(x, y, BatchTransform(spec, adapt, device, train=augment), batch_size=batch,
-                                         sampler=sampler, seed=seed, rank=rank, drop_last=drop_last,
-                                         contrast=contrast_sampler)
+        train_tf = BatchTransform(spec, adapt, device, train=augment)
+        strong_tf = StrongBatchTransform(train_tf, spec.shape[0]) if strong else None
+        train_loader = TensorTrainLoader(x, y, train_tf, batch_size=batch, sampler=sampler, seed=seed, rank=rank,
+                                         drop_last=drop_last, contrast=contrast_sampler, strong=strong_tf)
         vx, vy = to_device_nchw(val_arr, device)
         val_tf = BatchTransform(spec, adapt, device, train=False)
         val_loader = TensorValLoader(vx, vy, val_tf, batch_size=batch, rank=rank, world_size=world_size)
@@ -240,8 +247,9 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
         else:
             fetch_train, fetch_val = _FolderFetch(train_ds, positions), _FolderFetch(val_ds)
             val_targets = np.asarray(val_ds.targets, dtype=np.int64)
+        strong_tf = pil_transforms(spec, adapt, augment, strong=True) if strong else None
         train_set = SeededTransformDataset(fetch_train, train_targets_np, pil_transforms(spec, adapt, augment), seed,
-                                           train=True)
+                                           train=True, strong=strong_tf)
         val_set = SeededTransformDataset(fetch_val, val_targets, pil_transforms(spec, adapt, False), seed,
                                          train=False)
         train_loader = TorchTrainLoader(train_set, batch_size=batch, sampler=sampler, num_workers=num_workers,

@@ -47,8 +47,8 @@ def mix_seed(*values: int) -> int:
     return h >> 1
 
 
-# stream tags, so that order, augmentation and contrast draws never share a generator state
-STREAM_AUG, STREAM_CONTRAST, STREAM_SUBSET = 1, 2, 3
+# stream tags, so that order, augmentation, contrast and strong-view draws never share a generator state
+STREAM_AUG, STREAM_CONTRAST, STREAM_SUBSET, STREAM_STRONG = 1, 2, 3, 4
 
 
 @dataclass

@@ -7,7 +7,10 @@ copies on CUDA. Everything an epoch yields is a function of (seed, rank, epoch):
 * order: the indices of torch's ``DistributedSampler(range(n), num_replicas=world_size, rank=rank,
   shuffle=True, seed=seed, drop_last=drop_last)`` after ``set_epoch(epoch)``, i.e. exactly what the
   'torch' loader and DDP see; or those of a caller-given ``sampler``;
-* augmentation and CRD's contrast indices: device generators seeded by ``mix_seed(seed, rank, epoch, stream)``.
+* augmentation and CRD's contrast indices: device generators seeded by ``mix_seed(seed, rank, epoch, stream)``;
+* the strong view (``--strong_aug``, :mod:`dataset.randaugment`): a CPU generator seeded by
+  ``mix_seed(seed, rank, epoch, STREAM_STRONG)`` (its per-sample op choices are grouped on the host, with
+  no device sync); the weak view's draws are the same whether it is on or not.
 
 So resuming at an epoch boundary replays the same batches as an uninterrupted run.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import STREAM_AUG, STREAM_CONTRAST, ArraySplit, ShardSampler, mix_seed, num_batches
+from .base import STREAM_AUG, STREAM_CONTRAST, STREAM_STRONG, ArraySplit, ShardSampler, mix_seed, num_batches
 from .transforms import BatchTransform
 
 
@@ -32,10 +35,11 @@ def _generator(device, seed: int) -> torch.Generator:
 
 
 class TensorTrainLoader:
-    """Yields ``(images, targets, index)`` or ``(images, targets, index, contrast_idx)``, all on device."""
+    """Yields ``(images, targets, index)`` or ``(images, targets, index, contrast_idx)``, all on device;
+    ``images`` is the pair ``(weak, strong)`` when a ``strong`` transform (StrongBatchTransform) is given."""
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, transform: BatchTransform, *, batch_size: int,
-                 sampler, seed: int, rank: int = 0, drop_last: bool = False, contrast=None):
+                 sampler, seed: int, rank: int = 0, drop_last: bool = False, contrast=None, strong=None):
         self.images, self.targets = images, targets
         self.transform = transform
         self.batch_size = int(batch_size)
@@ -43,6 +47,7 @@ class TensorTrainLoader:
         self.seed, self.rank = int(seed), int(rank)
         self.drop_last = bool(drop_last)
         self.contrast = contrast
+        self.strong = strong
         self.epoch = 0
         self.device = images.device
 
@@ -62,10 +67,15 @@ class TensorTrainLoader:
         order = self.epoch_indices().to(self.device)
         aug = _generator(self.device, mix_seed(self.seed, self.rank, self.epoch, STREAM_AUG))
         con = _generator(self.device, mix_seed(self.seed, self.rank, self.epoch, STREAM_CONTRAST))
+        strong = None if self.strong is None else _generator(
+            "cpu", mix_seed(self.seed, self.rank, self.epoch, STREAM_STRONG))
         bs = self.batch_size
         for i in range(num_batches(len(order), bs, self.drop_last)):
             idx = order[i * bs:(i + 1) * bs]
-            x = self.transform(self.images.index_select(0, idx), aug)
+            raw = self.images.index_select(0, idx)
+            x = self.transform(raw, aug)
+            if self.strong is not None:
+                x = (x, self.strong(raw, strong))
             y = self.targets.index_select(0, idx)
             if self.contrast is None:
                 yield x, y, idx

@@ -5,7 +5,9 @@ seed=seed, drop_last=drop_last)`` (with world_size 1 too, so both loaders visit 
 caller-given sampler. Augmentation: the sampler hands each worker ``(index, epoch)`` and the sample's
 transform runs under the CPU RNG seeded by ``mix_seed(seed, epoch, index)`` (the caller's RNG state is
 restored afterwards). A sample's augmentation is then a function of (seed, epoch, index) whatever the
-number of workers, persistent or not, so a resumed run replays the same batches.
+number of workers, persistent or not, so a resumed run replays the same batches. The strong view
+(``--strong_aug``) runs its own transform under ``mix_seed(seed, epoch, index, STREAM_STRONG)``: the weak
+view is the same whether it is on or not.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .base import STREAM_CONTRAST, ShardSampler, mix_seed, num_batches
+from .base import STREAM_CONTRAST, STREAM_STRONG, ShardSampler, mix_seed, num_batches
 
 
 class EpochTaggedSampler(Sampler):
@@ -40,11 +42,13 @@ class EpochTaggedSampler(Sampler):
 
 class SeededTransformDataset(Dataset):
     """``key -> (image, target, index)`` where ``fetch(index)`` gives a PIL image and ``key`` is
-    ``(index, epoch)`` (train) or ``index`` (val). Train transforms are seeded per (seed, epoch, index)."""
+    ``(index, epoch)`` (train) or ``index`` (val). Train transforms are seeded per (seed, epoch, index);
+    with a ``strong`` transform (train only) ``image`` is the pair ``(weak, strong)``."""
 
-    def __init__(self, fetch, targets, transform, seed: int, train: bool):
+    def __init__(self, fetch, targets, transform, seed: int, train: bool, strong=None):
         self.fetch, self.targets, self.transform = fetch, targets, transform
         self.seed, self.train = int(seed), train
+        self.strong = strong
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -53,14 +57,21 @@ class SeededTransformDataset(Dataset):
         idx, epoch = key if isinstance(key, tuple) else (int(key), 0)
         img = self.fetch(idx)
         if self.train:
-            state = torch.get_rng_state()
-            torch.default_generator.manual_seed(mix_seed(self.seed, epoch, idx))
-            try:
-                x = self.transform(img)
-            finally:
-                torch.set_rng_state(state)
+            x = _seeded(self.transform, img, mix_seed(self.seed, epoch, idx))
+            if self.strong is not None:
+                x = (x, _seeded(self.strong, img, mix_seed(self.seed, epoch, idx, STREAM_STRONG)))
             return x, int(self.targets[idx]), idx
         return self.transform(img), int(self.targets[idx])
+
+
+def _seeded(transform, img, seed: int):
+    """``transform(img)`` under torch's default RNG seeded by ``seed``; the caller's RNG state is restored."""
+    state = torch.get_rng_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        return transform(img)
+    finally:
+        torch.set_rng_state(state)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -79,7 +90,8 @@ def _loader_kwargs(num_workers: int, device, seed: int) -> dict:
 
 class TorchTrainLoader:
     """Yields ``(images, targets, index)`` (CPU tensors, pinned on CUDA) or, with a contrast sampler,
-    ``(images, targets, index, contrast_idx)`` where contrast_idx is drawn on the sampler's device."""
+    ``(images, targets, index, contrast_idx)`` where contrast_idx is drawn on the sampler's device;
+    ``images`` is the pair ``(weak, strong)`` when the dataset has a strong transform."""
 
     def __init__(self, dataset: SeededTransformDataset, *, batch_size: int, sampler, num_workers: int, device,
                  seed: int, rank: int = 0, drop_last: bool = False, contrast=None):
@@ -101,14 +113,13 @@ class TorchTrainLoader:
         return num_batches(len(self.sampler), self.batch_size, self.drop_last)
 
     def __iter__(self):
-        if self.contrast is None:
-            yield from self.loader
-            return
-        dev = self.contrast.targets.device
-        g = torch.Generator(device=dev)
-        g.manual_seed(mix_seed(self.seed, self.rank, self.epoch, STREAM_CONTRAST))
+        g = None
+        if self.contrast is not None:
+            g = torch.Generator(device=self.contrast.targets.device)
+            g.manual_seed(mix_seed(self.seed, self.rank, self.epoch, STREAM_CONTRAST))
         for x, y, idx in self.loader:
-            yield x, y, idx, self.contrast(idx, g)
+            x = tuple(x) if isinstance(x, list) else x  # default_collate makes the (weak, strong) pair a list
+            yield (x, y, idx) if g is None else (x, y, idx, self.contrast(idx, g))
 
 
 def make_val_loader(dataset: SeededTransformDataset, *, batch_size: int, num_workers: int, device, seed: int,

@@ -22,7 +22,9 @@ def _norm_stats(spec: DatasetSpec, adapt: Adaptation):
     return tuple(spec.mean) * reps, tuple(spec.std) * reps
 
 
-def pil_transforms(spec: DatasetSpec, adapt: Adaptation, train: bool):
+def pil_transforms(spec: DatasetSpec, adapt: Adaptation, train: bool, strong: bool = False):
+    """The PIL pipeline; ``strong`` adds RandAugment + Cutout after the crop/flip (the second view of
+    ``--strong_aug``, :mod:`dataset.randaugment`)."""
     from torchvision import transforms as T
 
     ops = []
@@ -34,6 +36,10 @@ def pil_transforms(spec: DatasetSpec, adapt: Adaptation, train: bool):
             ops.append(T.RandomCrop((h0, w0), padding=spec.crop_pad))
         if spec.flip:
             ops.append(T.RandomHorizontalFlip())
+    if strong:
+        from .randaugment import PILRandAugment
+
+        ops.append(PILRandAugment())
     if adapt.pad:
         ops.append(T.Pad(adapt.pad, fill=0))
     if adapt.resize:
@@ -49,19 +55,21 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
     """Per-sample random crop (zero padding ``pad``) and horizontal flip of a uint8 batch (B, C, H, W).
 
     One gather does both: output pixel (r, c) of sample b reads padded pixel
-    (r + dy_b, dx_b + (W - 1 - c if flip_b else c)). No per-sample Python.
+    (r + dy_b, dx_b + (W - 1 - c if flip_b else c)). No per-sample Python. The draws are made on the
+    generator's device (a CPU generator may serve a CUDA batch: copied without a sync).
     """
     b, c, h, w = x.shape
     dev = x.device
+    gdev = generator.device if generator is not None else dev
     if pad:
         x = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
-        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(dev, non_blocking=True)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(dev, non_blocking=True)
     else:
         dy = dx = torch.zeros(b, dtype=torch.long, device=dev)
     cols = torch.arange(w, device=dev).expand(b, w)
     if flip:
-        flipped = torch.rand(b, generator=generator, device=dev) < 0.5
+        flipped = torch.rand(b, generator=generator, device=gdev).to(dev, non_blocking=True) < 0.5
         cols = torch.where(flipped[:, None], (w - 1) - cols, cols)
     cols = cols + dx[:, None]
     rows = torch.arange(h, device=dev)[None, :] + dy[:, None]
@@ -87,8 +95,16 @@ class BatchTransform:
         self.replicate = adapt.channels // c0 if adapt.channels > c0 else 1
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.finish(self.augment(x, generator))
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The random crop/flip alone (uint8 in and out, native shape)."""
         if self.crop_pad or self.flip:
             x = random_crop_flip(x, self.crop_pad, self.flip, generator)
+        return x
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """Adaptation to the model's shape, then normalisation: uint8 -> float32."""
         if self.adapt.pad:
             p = self.adapt.pad
             x = F.pad(x, (p, p, p, p))
