@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from scipy import stats
 
 import crd.memory as memory_mod
-import distiller_zoo.CRD as crd_mod
 from crd.criterion import nce_loss
 from crd.memory import ClassNegativeSampler, ContrastMemory
 from dataset.contrast import ContrastSampler
