@@ -1,4 +1,4 @@
-"""CRD's memory banks and its in-batch negative sampler.
+"""CRD's memory banks and its negative sampler.
 
 ``ContrastMemory`` holds RepDistiller's two banks, one row per training sample: ``memory_s`` (RepDistiller's
 ``memory_v1``, student embeddings) and ``memory_t`` (``memory_v2``, teacher embeddings), each N x feat_dim,
@@ -16,8 +16,7 @@ bank rows, then a batched dot product: 2 x B x (K+1) x d floats moved per step);
 row once (``v @ memory.T``, B x N) and gathers the scores, cheaper whenever N (d + B) < B (K+1) d (CIFAR:
 N = 50,000 against 64 x 16,385). ``auto`` picks by that rule; see ``use_matmul``. Measured on one CPU
 thread (B 64, K 16,384, d 128, forward + backward of both views): N = 50,000: matmul 136 ms, gather 2,413 ms;
-N = 1,281,167: matmul 3,971 ms, gather 2,611 ms. Drawing the batch's negatives in-batch takes ~20 ms there,
-against ~57 ms for 64 per-sample ``np.random.choice`` calls as RepDistiller's loader makes.
+N = 1,281,167: matmul 3,971 ms, gather 2,611 ms. Drawing the batch's negatives: see ClassNegativeSampler.
 """
 from __future__ import annotations
 
@@ -94,45 +93,134 @@ def _recheck_z(module, incompatible_keys):
     module._z_checked = False
 
 
-class ClassNegativeSampler(nn.Module):
-    """CRD's contrast indices drawn in the batch, on the device: for each anchor ``[pos, neg_1..neg_K]``.
+NEGATIVES = ("distinct", "iid")
+_KEYS_PER_CHUNK = 1 << 24   # uniform keys held at once by the ``keys`` draw (64 MB of float32)
 
-    ``neg_k``: K independent uniform draws **with replacement** from the samples of the other classes
-    (RepDistiller's loader draws a K-subset without replacement; i.i.d. draws are what NCE's noise
-    distribution assumes, and at K = 16,384 of 49,500 about 15% of the draws repeat a sample). The training
-    labels are sorted by class once; a uniform integer in [0, N - n_c) is mapped around the anchor class's
-    block of the sorted order. ``pos``: the anchor itself (``exact``) or a uniform sample of its class,
-    possibly itself (``relax``). Buffers are not saved: they are rebuilt from the labels.
+
+def stream_moments(pool: int, k: int) -> tuple[float, float]:
+    """Mean and standard deviation of the number of i.i.d. uniform draws among ``pool`` values until ``k``
+    distinct ones have been seen: a sum of geometric waits, the i-th new value taking pool / (pool - i) draws
+    on average (variance i pool / (pool - i)^2)."""
+    i = torch.arange(k, dtype=torch.float64)
+    left = pool - i
+    return float((pool / left).sum()), math.sqrt(float((i * pool / left ** 2).sum()))
+
+
+class ClassNegativeSampler(nn.Module):
+    """CRD's contrast indices for a whole batch, drawn on the device: for each anchor ``[pos, neg_1..neg_K]``.
+
+    ``negatives='distinct'`` (default) draws what RepDistiller's ``CIFAR100InstanceSample`` draws per sample,
+    ``np.random.choice(cls_negative[y], K, replace=K > len(cls_negative[y]))``: a uniformly random K-subset
+    of the P other-class samples, or K i.i.d. draws when P < K. Two exact ways, chosen once from the sizes
+    (``via``), with M = P ln(P / (P - K)) the expected number of i.i.d. draws that K distinct ones take:
+
+    * ``keys`` (M > N / 8; CIFAR-100 at K = 16,384: M = 20k, N = 50k): one uniform key per (row, training
+      sample), the anchor's class masked, the K largest kept (``topk``). B x N keys, in chunks of rows of at
+      most 2^24 keys. Keys are float32 (steps of 2^-24): a tie at the K-th key moves an inclusion
+      probability by about 1e-7.
+    * ``stream`` (M <= N / 8; ImageNet: M = 16.5k, N = 1.28M, where B x N keys would take 1.3 GB): the
+      i.i.d. stream that ``iid`` draws, each repeat skipped until K distinct values are seen (the first K
+      distinct values of an i.i.d. uniform sequence are a uniform K-subset). M + 8 std draws per row are
+      sorted at once, more while a row is short: one host sync per batch.
+
+    ``negatives='iid'``: K independent uniform draws with replacement, the noise distribution NCE assumes
+    (at K = 16,384 of P = 49,500, 15% of the draws repeat a sample). The loss has the same expectation under
+    both; its spread over draws is larger under ``iid`` by sqrt((P - 1) / (P - K)), the finite-population
+    correction (tests/test_crd_negatives.py checks both against RepDistiller's own draw).
+
+    ``pos``: the anchor itself (``mode='exact'``) or a uniform sample of its class, possibly itself
+    (``relax``). Other-class positions are counted in the label-sorted order, skipping the anchor class's
+    block. Buffers are not saved: they are rebuilt from the labels. CPU time of one batch on one thread at
+    CIFAR-100 sizes (B 64, K 16,384, N 50,000): ``distinct`` 54 ms (keys; stream 120 ms), ``iid`` 21 ms;
+    RepDistiller's loader workers spend 39 ms on the batch's 64 ``np.random.choice`` calls.
     """
 
-    def __init__(self, train_targets, k: int, mode: str = "exact"):
+    def __init__(self, train_targets, k: int, mode: str = "exact", negatives: str = "distinct"):
         super().__init__()
         if mode not in ("exact", "relax"):
-            raise ValueError(f"mode must be exact or relax, got {mode!r}")
+            raise ValueError(f"--mode must be 'exact' or 'relax', got {mode!r}")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"--crd_negatives must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
+        if int(k) < 1:
+            raise ValueError(f"--nce_k must be positive, got {k}")
         targets = torch.as_tensor(train_targets).long().flatten().cpu()
         if targets.numel() == 0 or int(targets.min()) < 0:
             raise ValueError("training labels must be non-negative class indices")
         count = torch.bincount(targets)
-        if int((targets.numel() - count[count > 0]).min()) <= 0:
+        pools = targets.numel() - count[count > 0]      # negatives available to each present class
+        if int(pools.min()) <= 0:
             raise ValueError("CRD needs at least two classes in the training set to draw negatives")
-        self.k, self.mode, self.n = int(k), mode, targets.numel()
+        self.k, self.mode, self.negatives, self.n = int(k), mode, negatives, targets.numel()
+        self.register_buffer("targets", targets, persistent=False)
         self.register_buffer("order", torch.argsort(targets, stable=True), persistent=False)
         self.register_buffer("count", count, persistent=False)
         self.register_buffer("start", torch.cumsum(count, 0) - count, persistent=False)
+        # which rows draw a K-subset, decided on the host once: no device->host sync to split a batch unless
+        # some classes have fewer than K negatives and others not
+        subset = pools >= self.k if negatives == "distinct" else torch.zeros_like(pools, dtype=torch.bool)
+        self.subsets = "all" if bool(subset.all()) else "some" if bool(subset.any()) else "none"
+        self.via, self.stream_len = None, 0
+        if self.subsets != "none":
+            mean, std = stream_moments(int(pools[subset].min()), self.k)   # the smallest pool: the longest stream
+            self.via = "stream" if 8 * mean <= self.n else "keys"
+            self.stream_len = int(math.ceil(mean + 8 * std)) + 8
 
     def draw(self, targets: torch.Tensor, index: torch.Tensor, generator: torch.Generator | None = None):
         """(B,) labels and dataset indices -> (B, K+1) long indices into the bank."""
         dev = self.order.device
-        targets, index = targets.to(dev).long(), index.to(dev).long()
-        n_c = self.count[targets].unsqueeze(1)
-        start = self.start[targets].unsqueeze(1)
-        r = torch.randint(0, 1 << 62, (targets.numel(), self.k), generator=generator, device=dev)
-        r = r % (self.n - n_c)                    # uniform over the N - n_c other-class positions
-        r = r + n_c * (r >= start)                # skip the anchor class's block
-        neg = self.order[r]
+        y, index = targets.to(dev).long(), index.to(dev).long()
+        if self.subsets == "all":
+            neg = self._subset(y, generator)
+        elif self.subsets == "none":
+            neg = self._iid(y, generator)
+        else:   # RepDistiller's replace rule, row by row
+            subset = self.n - self.count[y] >= self.k
+            neg = torch.empty(y.numel(), self.k, dtype=torch.long, device=dev)
+            neg[subset] = self._subset(y[subset], generator)
+            neg[~subset] = self._iid(y[~subset], generator)
         if self.mode == "exact":
             pos = index
         else:
-            u = torch.randint(0, 1 << 62, (targets.numel(), 1), generator=generator, device=dev)
-            pos = self.order[start + u % n_c].squeeze(1)
+            u = torch.randint(0, 1 << 62, (y.numel(),), generator=generator, device=dev)
+            pos = self.order[self.start[y] + u % self.count[y]]
         return torch.cat([pos.unsqueeze(1), neg], 1)
+
+    # ---- the draws --------------------------------------------------------------------------------
+    def _positions(self, y, generator, width: int) -> torch.Tensor:
+        """(rows, width) i.i.d. uniform positions among each row's N - n_y other-class samples."""
+        r = torch.randint(0, 1 << 62, (y.numel(), width), generator=generator, device=y.device)
+        return r % (self.n - self.count[y]).unsqueeze(1)
+
+    def _to_index(self, r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Other-class positions -> dataset indices: skip the anchor class's block of the sorted order."""
+        n_c, start = self.count[y].unsqueeze(1), self.start[y].unsqueeze(1)
+        return self.order[r + n_c * (r >= start)]
+
+    def _iid(self, y, generator) -> torch.Tensor:
+        return self._to_index(self._positions(y, generator, self.k), y)
+
+    def _subset(self, y, generator) -> torch.Tensor:
+        return self._keys(y, generator) if self.via == "keys" else self._stream(y, generator)
+
+    def _keys(self, y, generator) -> torch.Tensor:
+        out = torch.empty(y.numel(), self.k, dtype=torch.long, device=y.device)
+        step = max(1, _KEYS_PER_CHUNK // self.n)
+        for s in range(0, y.numel(), step):
+            rows = y[s:s + step]
+            keys = torch.rand(rows.numel(), self.n, generator=generator, device=y.device)
+            keys.masked_fill_(self.targets.unsqueeze(0) == rows.unsqueeze(1), -1.0)
+            out[s:s + step] = keys.topk(self.k, dim=1, sorted=False).indices
+        return out
+
+    def _stream(self, y, generator) -> torch.Tensor:
+        stream = self._positions(y, generator, self.stream_len)
+        while True:
+            values, perm = stream.sort(dim=1, stable=True)
+            new = torch.ones_like(values, dtype=torch.bool)
+            new[:, 1:] = values[:, 1:] != values[:, :-1]
+            first = torch.zeros_like(new).scatter_(1, perm, new)   # first occurrence of its value, in stream order
+            if bool((first.sum(1) >= self.k).all()):
+                break
+            stream = torch.cat([stream, self._positions(y, generator, self.stream_len)], 1)
+        keep = first & (first.cumsum(1) <= self.k)
+        return self._to_index(stream[keep].view(y.numel(), self.k), y)

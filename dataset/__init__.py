@@ -155,7 +155,7 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
     """Build the train and validation loaders of ``opt.dataset`` for one process of ``world_size``.
 
     Reads opt.dataset, data_folder, batch_size (global), num_workers, data_seed (else seed), train_subset, download,
-    loader, drop_last, no_augment (serve training images like test images, still shuffled), and with ``contrast=True`` nce_k and mode. ``input_shape`` is the model's
+    loader, drop_last, no_augment (serve training images like test images, still shuffled), and with ``contrast=True`` nce_k, mode and crd_negatives. ``input_shape`` is the model's
     (C, H, W) (None: the dataset's native shape). ``train_sampler`` (any sampler of training-set
     positions, optional ``set_epoch``) replaces the default DistributedSampler order.
     """
@@ -214,8 +214,8 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
 
     contrast_sampler = None
     if contrast:
-        contrast_sampler = ContrastSampler(train_targets, getattr(opt, "nce_k", 16384),
-                                           getattr(opt, "mode", "exact"), device=device)
+        contrast_sampler = ContrastSampler(train_targets, getattr(opt, "nce_k", 16384), getattr(opt, "mode", "exact"),
+                                           device=device, negatives=getattr(opt, "crd_negatives", "distinct"))
     sampler = train_sampler if train_sampler is not None else default_train_sampler(
         n_train, seed, rank, world_size, drop_last)
 

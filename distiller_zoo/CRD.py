@@ -4,12 +4,15 @@ The penultimate vectors ``feats[-1]`` of student and teacher are embedded (Linea
 heads trainable) and contrasted against two memory banks with the NCE loss of crd/criterion.py; after each
 optimiser step the banks take the batch's embeddings (momentum ``--nce_m``). See crd/memory.py.
 
-Negatives (``--crd_sampler``):
+Negatives: ``--crd_negatives distinct`` (default) draws what RepDistiller's instance-sample dataset draws,
+K distinct samples of the other classes per anchor (with replacement only when fewer than K exist);
+``iid`` draws K independent uniform samples with replacement. Same expected loss; see crd/memory.py's
+ClassNegativeSampler. Where they are drawn (``--crd_sampler``):
 
-* ``batch`` (default): drawn on the device for the whole batch at once (crd/memory.py's
-  ClassNegativeSampler, with replacement), from a generator seeded by (``--seed``, draw number), so no
-  per-sample sampling runs in the data loader and a resumed run continues the same stream.
-* ``dataset``: the loader's instance-sample dataset supplies ``contrast_idx`` (RepDistiller's way).
+* ``batch`` (default): on the device for the whole batch at once, from a generator seeded by
+  (``--seed``, draw number), so no per-sample sampling runs in the data loader and a resumed run continues
+  the same stream.
+* ``dataset``: by the loader, which supplies ``contrast_idx`` (RepDistiller's place for it).
   Whenever a batch carries ``contrast_idx`` it is used.
 
 Distributed (world size > 1): the banks stay identical on every rank. Labels and indices of the global
@@ -26,7 +29,7 @@ import hashlib
 import torch
 
 from crd.criterion import CRDLoss, all_gather_rows, all_reduce_sum, broadcast_from_rank0, world
-from crd.memory import ClassNegativeSampler
+from crd.memory import NEGATIVES, ClassNegativeSampler
 
 from . import register
 from .base import Distiller, refuse
@@ -52,8 +55,11 @@ class CRD(Distiller):
     def add_arguments(cls, parser):
         g = parser.add_argument_group("crd")
         g.add_argument("--crd_sampler", choices=("batch", "dataset"), default="batch",
-                       help="CRD negatives: drawn for the whole batch on the device (batch) or per sample "
-                            "by the instance-sample dataset (dataset, as RepDistiller)")
+                       help="where CRD's negatives are drawn: for the whole batch on the device (batch) or by "
+                            "the data loader (dataset, RepDistiller's place)")
+        g.add_argument("--crd_negatives", choices=NEGATIVES, default="distinct",
+                       help="CRD negatives per anchor: K distinct samples of the other classes, as RepDistiller's "
+                            "loader draws them (distinct), or K i.i.d. draws with replacement (iid)")
         g.add_argument("--crd_scores", choices=("auto", "matmul", "gather"), default="auto",
                        help="CRD scores: all bank rows by one matmul then gather the scores (matmul), or "
                             "gather the B(K+1) bank rows first (gather, RepDistiller); auto: the one that "
@@ -79,7 +85,8 @@ class CRD(Distiller):
             if len(ctx.train_targets) != int(ctx.n_train):
                 refuse(f"crd: {len(ctx.train_targets)} training labels for {ctx.n_train} training samples")
             try:
-                self.sampler = ClassNegativeSampler(ctx.train_targets, int(opt.nce_k), opt.mode)
+                self.sampler = ClassNegativeSampler(ctx.train_targets, int(opt.nce_k), opt.mode,
+                                                   getattr(opt, "crd_negatives", "distinct"))
             except ValueError as e:
                 refuse(f"crd: {e}")
         seed = getattr(opt, "seed", 0)

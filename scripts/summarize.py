@@ -1,19 +1,27 @@
-"""The paper-shaped results table from run folders, with the published numbers beside ours.
+"""The paper-shaped results table from run folders, with the published numbers and both protocols beside ours.
 
     python scripts/summarize.py --save_dir ./save --dataset cifar100 --out results_cifar100.md
 
 Reads ``<save_dir>/teachers/models/*/summary.json`` (vanilla runs: the Teacher and Student rows) and
-``<save_dir>/students/models/*/summary.json`` (distilled students), falling back to ``metrics.jsonl``
-for the accuracies when a summary lacks them. A folder without summary.json is an unfinished run and
-is left out (counted in a note). Rows are methods, columns teacher -> student pairs; a cell is
+``<save_dir>/students/models/*/summary.json`` (distilled students), with each folder's ``parameters.json``
+(the run's options), falling back to ``metrics.jsonl`` for the accuracies when a summary lacks them. A
+folder without summary.json is an unfinished run and is left out (counted in a note); a run whose summary
+says ``"status": "diverged"`` (its loss became NaN/inf) is counted as diverged, never as a number. Rows are
+methods, columns teacher -> student pairs; a cell is
 
     last-epoch mean ± std / best-epoch mean ± std   over the trials of that (method, weights, pair)
 
 (std: sample standard deviation, ddof=1; RepDistiller's tables report the **last** epoch, the best
-epoch selects on the test set). After '·' come the published numbers of every source whose protocol
-ran this method with the same weights (scripts/published.py): RepD (RepDistiller README), SemCKD and
-SimKD (their READMEs, -c 1 -d 1). The same method under other weights, another --kd_mode, or a trial
-tag (``--trial <tag>_<n>``: scripts/run_cka_group.sh's ablations, the seeds' mixup runs) is its own row.
+epoch selects on the test set). After '·' come the published numbers of every source that has the
+method and pair (scripts/published.py); RepD (RepDistiller README), SemCKD and SimKD (their READMEs,
+-c 1 -d 1) only beside rows run with their weights. Two last columns say whether the numbers are
+comparable: our protocol (epochs, runs averaged, a strongly augmented second view, logit standardisation,
+the DOT optimiser) and each source's (epochs, extra augmentation, runs averaged, best or last epoch).
+
+A row is a method as its papers name it: the loop options make their own rows (KD, KD+LS, KD+DOT,
+KD+CTKD, DKD+LS, ...). The same method under other weights, another --kd_mode, another --strong_aug, or a
+trial tag (``--trial <tag>_<n>``: scripts/run_cka_group.sh's ablations, the seeds' mixup runs) is its own
+row.
 """
 from __future__ import annotations
 
@@ -38,9 +46,14 @@ STANDARD_PAIRS = [("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet3
 LABELS = {"kd": "KD", "hint": "FitNet", "attention": "AT", "similarity": "SP", "correlation": "CC",
           "vid": "VID", "rkd": "RKD", "pkt": "PKT", "abound": "AB", "factor": "FT", "fsp": "FSP", "nst": "NST",
           "kdsvd": "KDSVD", "crd": "CRD", "semckd": "SemCKD", "srrl": "SRRL", "simkd": "SimKD",
-          "cosine": "Cosine", "cka_group": "CKA-group (ours)"}
+          "dkd": "DKD", "dist": "DIST", "mlkd": "MLKD", "ctkd": "KD+CTKD", "reviewkd": "ReviewKD", "ofd": "OFD",
+          "rcka": "RCKA", "cosine": "Cosine", "cka_group": "CKA-group (ours)"}
 ROW_ORDER = ["KD", "FitNet", "AT", "SP", "CC", "VID", "RKD", "PKT", "AB", "FT", "FSP", "NST", "KDSVD", "CRD",
-             "CRD+KD", "SemCKD", "SRRL", "SimKD", "Cosine", "CKA-group (ours)"]
+             "CRD+KD", "SemCKD", "SRRL", "SimKD", "DKD", "DIST", "MLKD", "KD+CTKD", "ReviewKD", "OFD", "RCKA",
+             "Cosine", "CKA-group (ours)"]
+# loop options named as the papers name them, appended to the method's label
+OPTION_SUFFIXES = (("+LS", lambda run: bool(option(run, "logit_stand", False))),
+                   ("+DOT", lambda run: option(run, "optimizer", "sgd") == "dot"))
 
 
 # ---- reading run folders ----------------------------------------------------------------------------
@@ -84,11 +97,18 @@ def read_metrics(folder: str) -> list:
 
 
 def read_run(folder: str) -> dict | None:
-    """One finished run as a flat dict, or None if the folder holds no finished run."""
+    """One finished or diverged run as a flat dict (its parameters.json under ``params``), or None if the
+    folder holds neither."""
     summary = _read_json(os.path.join(folder, "summary.json"))
     if not isinstance(summary, dict):
         return None
     run = dict(summary)
+    params = _read_json(os.path.join(folder, "parameters.json"))
+    run["params"] = params if isinstance(params, dict) else {}
+    run["variant"], run["trial_index"] = split_trial(run.get("trial", ""))
+    run["folder"] = folder
+    if diverged(run):
+        return run
     metrics = read_metrics(folder)
     if metrics:
         if run.get("best_acc") is None:
@@ -100,9 +120,17 @@ def read_run(folder: str) -> dict | None:
         run["last_epoch"] = metrics[-1]["epoch"]
     if run.get("best_acc") is None or run.get("last_acc") is None:
         return None
-    run["folder"] = folder
-    run["variant"], run["trial_index"] = split_trial(run.get("trial", ""))
     return run
+
+
+def option(run: dict, key: str, default=None):
+    """A run's option: from its summary, else its parameters.json, else ``default``."""
+    value = run.get(key, run.get("params", {}).get(key))
+    return default if value is None else value
+
+
+def diverged(run: dict) -> bool:
+    return run.get("status") == "diverged"
 
 
 def scan(save_dir: str, dataset: str | None = None) -> dict:
@@ -150,6 +178,7 @@ def method_label(run: dict) -> str:
     label = LABELS.get(distill, distill)
     if distill == "crd" and float(run.get("div", 0) or 0) > 0:
         label = "CRD+KD"
+    label += "".join(suffix for suffix, used in OPTION_SUFFIXES if used(run))
     mode = run.get("kd_mode") or "offline"
     if mode != "offline":
         label += f" ({mode})"
@@ -160,14 +189,24 @@ def _fmt_w(w: tuple) -> str:
     return " ".join(f"-{k} {v:g}" for k, v in zip("cdb", w))
 
 
+VIEWS = {"none": "no extra aug", "randaugment": "+RandAugment view"}
+
+
+def _view(run) -> str:
+    return str(option(run, "strong_aug", "none"))
+
+
 class Cell:
+    """The runs of one (row, pair): statistics over the finished ones; diverged ones are only counted."""
+
     def __init__(self, runs: list, loaded: bool = False):
         self.runs = runs
         self.loaded = loaded  # a teacher not trained here: the test accuracy the distillation runs measured
-        self.last = mean_std([float(r["last_acc"]) for r in runs])
-        self.best = mean_std([float(r["best_acc"]) for r in runs])
-        self.n = len(runs)
-        self.epochs = sorted({r.get("last_epoch") for r in runs if r.get("last_epoch") is not None})
+        done = [r for r in runs if not diverged(r)]
+        self.last = mean_std([float(r["last_acc"]) for r in done])
+        self.best = mean_std([float(r["best_acc"]) for r in done])
+        self.n, self.diverged = len(done), len(runs) - len(done)
+        self.epochs = sorted({r.get("last_epoch") for r in done if r.get("last_epoch") is not None})
 
 
 def build_table(scanned: dict, pairs: list | None = None) -> dict:
@@ -201,23 +240,26 @@ def build_table(scanned: dict, pairs: list | None = None) -> dict:
 
     groups = defaultdict(list)
     for r in students:
-        groups[(method_label(r), _w(r), r["variant"])].append(r)
-    # a method label that appears with several weight settings gets its weights in the row name
-    weights_per_label = defaultdict(set)
-    for label, w, _ in groups:
+        groups[(method_label(r), _w(r), r["variant"], _view(r))].append(r)
+    # a method label that appears with several weight settings (second views) gets them in the row name
+    weights_per_label, views_per_label = defaultdict(set), defaultdict(set)
+    for label, w, _, view in groups:
         weights_per_label[label].add(w)
+        views_per_label[label].add(view)
 
     def order(key):
-        label, w, variant = key
-        base = re.sub(r" \((online|self)\)$", "", label)
+        label, w, variant, view = key
+        base = re.sub(r"(\+LS|\+DOT)*( \((online|self)\))?$", "", label)
         i = ROW_ORDER.index(base) if base in ROW_ORDER else len(ROW_ORDER)
-        return (i, label, variant != "", variant, w)
+        return (i, len(label) - len(base), label, variant != "", variant, view, w)
 
     for key in sorted(groups, key=order):
-        label, w, variant = key
+        label, w, variant, view = key
         name = label
         if len(weights_per_label[label]) > 1:
             name += f" ({_fmt_w(w)})"
+        if len(views_per_label[label]) > 1:
+            name += f" ({VIEWS.get(view, '+' + view + ' view')})"
         if variant:
             name += f" [{variant}]"
         cells = defaultdict(list)
@@ -234,57 +276,83 @@ def _ms(stat) -> str:
     return f"{m:.2f}" if s is None else f"{m:.2f}±{s:.2f}"
 
 
-def _published(label_key, row_name: str, pair) -> str:
+def _found(label_key, row_name: str, pair) -> list:
+    """The published numbers for one cell (scripts/published.py's Found records)."""
     if label_key is None:  # Teacher / Student rows: every source
-        label = row_name.split(" [")[0]
-        if label != row_name:
-            return ""
-        found = published.lookup(label, pair[0], pair[1], None)
-    else:
-        label, w = label_key
-        found = published.lookup(label, pair[0], pair[1], w)
-    parts = []
-    for short, mean, std, recalled in found:
-        v = f"{mean:.2f}" if std is None else f"{mean:.2f}±{std:.2f}"
-        parts.append(f"{short} {v}{'†' if recalled else ''}")
-    return "; ".join(parts)
+        return [] if " [" in row_name else published.lookup(row_name, pair[0], pair[1], None)
+    label, w = label_key
+    return published.lookup(label, pair[0], pair[1], w)
+
+
+def _fmt_found(found: list) -> str:
+    return "; ".join(f"{f.source} {f.mean:.2f}{'' if f.std is None else f'±{f.std:.2f}'}{'†' if f.recalled else ''}"
+                     for f in found)
+
+
+def our_protocol(cells: dict) -> str:
+    """Epochs · second view · runs averaged per cell · which epoch, then LS and DOT when used."""
+    runs = [r for c in cells.values() if not c.loaded for r in c.runs]
+    if not runs:
+        return "loaded teacher" if cells else ""
+    epochs = sorted({int(e) for e in (option(r, "epochs", r.get("last_epoch")) for r in runs) if e is not None})
+    views = sorted({VIEWS.get(_view(r), f"+{_view(r)} view") for r in runs})
+    ns = sorted({c.n for c in cells.values() if not c.loaded and c.n})
+    n = f"{ns[0]} run{'s' * (ns[0] != 1)}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]} runs" if ns else "no finished run"
+    parts = [("/".join(map(str, epochs)) or "?") + " ep", " / ".join(views), n, "last & best epoch"]
+    parts += [suffix.lstrip("+") for suffix, used in OPTION_SUFFIXES if any(used(r) for r in runs)]
+    return " · ".join(parts)
 
 
 def render_markdown(table: dict, dataset: str, with_published: bool = True) -> str:
     pairs, rows = table["pairs"], table["rows"]
-    ns = Counter(c.n for _, _, cells in rows for c in cells.values() if not c.loaded)
+    ns = Counter(c.n for _, _, cells in rows for c in cells.values() if not c.loaded and c.n)
     usual_n = ns.most_common(1)[0][0] if ns else 0
     lines = [f"## {dataset}: top-1 accuracy (%)", "",
              "Each cell: **last-epoch** mean ± std / **best-epoch** mean ± std over trials "
              f"(sample std; {usual_n} trials unless a cell says n=...). RepDistiller's tables report the last "
-             "epoch; best-epoch picks the epoch on the test set.",
+             "epoch; best-epoch picks the epoch on the test set. A run whose loss became NaN/inf counts as "
+             "diverged, not as a number.",
              ]
     if with_published:
-        lines.append("After '·': published numbers for rows run with that source's weights: RepD = RepDistiller "
-                     "README (last epoch; -c 1 -d 0, KD -c 0.1 -d 0.9), SemCKD / SimKD = their READMEs "
-                     "(-c 1 -d 1; SimKD -c 0 -d 0). † = recalled from the CRD paper, not verified.")
-    lines += ["", "| method | " + " | ".join(f"{t}→{s}" for t, s in pairs) + " |",
-              "|---|" + "---|" * len(pairs)]
-    mixed = []
+        lines.append("After '·': published numbers (RepD, SemCKD and SimKD only beside rows run with their weights: "
+                     "RepD -c 1 -d 0, KD -c 0.1 -d 0.9; SemCKD and SimKD -c 1 -d 1, SimKD itself -c 0 -d 0). "
+                     "Protocols: epochs · augmentation beyond crop and flip · runs averaged · which epoch "
+                     "(? = the source does not say). † = not read in a README (recalled or quoted from a paper).")
+    head = ["method"] + [f"{t}→{s}" for t, s in pairs] + ["our protocol"] + (["published protocol"] * with_published)
+    lines += ["", "| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
+    mixed, sources = [], {}
     for name, key, cells in rows:
-        out = []
+        out, protocols = [], {}
         for p in pairs:
             c = cells.get(p)
             text = "–"
             if c is not None and c.loaded:
                 text = f"{_ms(c.last)} (loaded teacher, as evaluated by the student runs)"
+            elif c is not None and c.n == 0:
+                text = "diverged" + (f" (n={c.diverged})" if c.diverged > 1 else "")
             elif c is not None:
                 text = f"{_ms(c.last)} / {_ms(c.best)}"
                 if c.n != usual_n:
                     text += f" (n={c.n})"
+                if c.diverged:
+                    text += f" + {c.diverged} diverged"
                 if len(c.epochs) > 1:
                     text += " *"
                     mixed.append(f"{name}, {p[0]}→{p[1]}: runs of {c.epochs} epochs")
-            pub = _published(key, name, p) if with_published else ""
-            if pub:
-                text += f" · {pub}"
+            found = _found(key, name, p) if with_published else []
+            for f in found:
+                protocols.setdefault(f.source, f.protocol.text())
+                sources.setdefault(f.source, set()).add(f.where)
+            if found:
+                text += f" · {_fmt_found(found)}"
             out.append(text)
+        out.append(our_protocol(cells))
+        if with_published:
+            out.append("; ".join(f"{src}: {text}" for src, text in protocols.items()) or "–")
         lines.append(f"| {name} | " + " | ".join(out) + " |")
+    if sources:
+        lines += ["", "Published numbers read from: " + "; ".join(
+            f"{src} = {' and '.join(sorted(where))}" for src, where in sources.items()) + "."]
     if mixed:
         lines += ["", "\\* cells that average runs of different lengths: " + "; ".join(mixed)]
     if table["unfinished"]:

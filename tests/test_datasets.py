@@ -471,6 +471,11 @@ def test_contrast_indices(roots, loader, k):
                 assert all(len(set(row.tolist())) == k for row in cidx[:, 1:])  # no repeats
         if mode == "relax":
             assert moved > 0
+    # --crd_negatives iid reaches the loader's sampler: 16 i.i.d. draws of ~297 repeat in about a third of rows
+    b = get_dataloaders(make_opt(data_folder=roots["c100rand"], loader=loader, nce_k=k, crd_negatives="iid"),
+                        (3, 32, 32), contrast=True)
+    rows = torch.cat([cidx[:, 1:] for *_, cidx in epoch_batches(b, 0)])
+    assert any(len(set(row.tolist())) < k for row in rows)
 
 
 def test_contrast_sampler_is_uniform():

@@ -334,6 +334,8 @@ def class_targets(n_per=(5, 7, 3, 9)):
 
 
 def test_crd_exact_negatives_avoid_the_anchor_class_and_cover_the_rest_uniformly():
+    # K = 2000 exceeds every class's pool: RepDistiller's replace rule draws i.i.d. (tests/test_crd_negatives.py
+    # has the K-subset draws)
     targets = class_targets()
     n = targets.numel()
     sampler = ClassNegativeSampler(targets, 2000, "exact")
@@ -413,12 +415,14 @@ def test_crd_distiller_step_draws_updates_and_restores():
     assert d(s, t, batch2).item() == pytest.approx(want2.item(), rel=1e-5)
 
 
-def test_crd_global_draw_equals_concatenated_rank_slices(monkeypatch):
+@pytest.mark.parametrize("negatives,via", [("distinct", "keys"), ("distinct", "stream"), ("iid", None)])
+def test_crd_global_draw_equals_concatenated_rank_slices(monkeypatch, negatives, via):
     """2 ranks x batch 8 draw the rows that 1 process x batch 16 draws, and update the banks identically."""
     targets = torch.arange(48) % 4
     index = torch.randperm(48, generator=torch.Generator().manual_seed(13))[:16]
     y = targets[index]
-    ref, _ = crd_setup(batch=16, n=48)
+    ref, _ = crd_setup(batch=16, n=48, crd_negatives=negatives)
+    ref.sampler.via = via
     full = ref.contrast_indices(y, index)
     gen = torch.Generator().manual_seed(14)
     v_s, v_t = F.normalize(torch.randn(16, 8, generator=gen), dim=1), F.normalize(torch.randn(16, 8, generator=gen),
@@ -429,7 +433,8 @@ def test_crd_global_draw_equals_concatenated_rank_slices(monkeypatch):
     parts = []
     for rank in range(2):
         sl = slice(8 * rank, 8 * rank + 8)
-        d, _ = crd_setup(batch=8, n=48)
+        d, _ = crd_setup(batch=8, n=48, crd_negatives=negatives)
+        d.sampler.via = via
         monkeypatch.setattr(crd_mod, "world", lambda r=rank: (2, r))
         # all_gather in rank order: each rank hands in its own rows and gets the global batch back
 

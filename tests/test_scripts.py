@@ -402,7 +402,8 @@ def test_summarize_means_stds_layout_and_published(tmp_path):
     assert summarize.main(["--save_dir", root, "--out", str(out)]) == 0
     md = out.read_text()
     cells = _cells(md)
-    assert cells["__header__"] == ["method", "resnet32x4→resnet8x4", "vgg13→vgg8"]
+    assert cells["__header__"] == ["method", "resnet32x4→resnet8x4", "vgg13→vgg8", "our protocol",
+                                   "published protocol"]
     names = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:]
     assert names == ["Teacher", "Student", "KD (-c 0.1 -d 0.9 -b 0)", "KD (-c 1 -d 1 -b 0)", "KD (online)", "CRD",
                      "CKA-group (ours)", "CKA-group (ours) [pool-0]"]
@@ -412,17 +413,21 @@ def test_summarize_means_stds_layout_and_published(tmp_path):
     assert cells["Teacher"][1].startswith("74.37±0.47 / 74.87±0.47 · RepD 74.64; SemCKD 74.64")
     # RepDistiller's KD protocol gets RepD's number only, SemCKD's protocol SemCKD's and SimKD's
     assert cells["KD (-c 0.1 -d 0.9 -b 0)"] == ["73.50±0.50 / 74.50±0.50 · RepD 73.33",
-                                                "71.50±0.50 / 72.50±0.50 · RepD 72.98"]
+                                                "71.50±0.50 / 72.50±0.50 · RepD 72.98",
+                                                "240 ep · no extra aug · 3 runs · last & best epoch",
+                                                "RepD: 240 ep · no extra aug · ? runs · last epoch"]
     assert cells["KD (-c 1 -d 1 -b 0)"][0] == "74.20±0.20 / 75.20±0.20 · SemCKD 74.42±0.05; SimKD 74.42"
     assert cells["CRD"][0] == "75.30±0.30 / 76.30±0.30 · RepD 75.51"
     assert cells["CKA-group (ours)"][0] == "76.10±0.17 / 77.10±0.17"
     # accuracies from metrics.jsonl (best 77.0, last 76.5), one trial: no std, n shown
-    assert cells["CKA-group (ours) [pool-0]"] == ["76.50 / 77.00 (n=1)", "–"]
-    assert cells["KD (online)"] == ["–", "70.00 / 71.00 (n=1)"]
+    assert cells["CKA-group (ours) [pool-0]"][:3] == ["76.50 / 77.00 (n=1)", "–",
+                                                      "3 ep · no extra aug · 1 run · last & best epoch"]
+    assert cells["KD (online)"] == ["–", "70.00 / 71.00 (n=1)",
+                                    "120 ep · no extra aug · 1 run · last & best epoch", "–"]
     assert "1 run folder(s) without a finished summary.json were left out" in md
     # other datasets are separate tables
     md10 = summarize.render_markdown(summarize.build_table(summarize.scan(root, "cifar10")), "cifar10")
-    assert _cells(md10)["KD"] == ["90.00 / 90.00 · RepD 72.98"]
+    assert _cells(md10)["KD"][0] == "90.00 / 90.00 · RepD 72.98"
 
 
 def test_summarize_statistics_and_trials():
@@ -445,10 +450,12 @@ def test_summarize_mixed_epochs_pairs_option_and_errors(tmp_path, capsys):
     assert summarize.main(["--save_dir", root, "--pairs", "vgg13:vgg8,resnet56:resnet20", "--no_published"]) == 0
     md = capsys.readouterr().out
     cells = _cells(md)
-    assert cells["__header__"] == ["method", "vgg13→vgg8", "resnet56→resnet20"]
-    assert cells["KD"] == ["71.00±1.41 / 71.00±1.41 *", "–"] and "runs of [1, 240] epochs" in md
+    assert cells["__header__"] == ["method", "vgg13→vgg8", "resnet56→resnet20", "our protocol"]
+    assert cells["KD"] == ["71.00±1.41 / 71.00±1.41 *", "–",
+                           "1/240 ep · no extra aug · 2 runs · last & best epoch"]
+    assert "runs of [1, 240] epochs" in md
     # no vanilla teacher run here (e.g. RepDistiller's checkpoint): the accuracy the student runs measured
-    assert cells["Teacher"] == ["74.64 (loaded teacher, as evaluated by the student runs)", "–"]
+    assert cells["Teacher"] == ["74.64 (loaded teacher, as evaluated by the student runs)", "–", "loaded teacher"]
     assert "2 trials unless" in md
     assert "· RepD" not in md and "After '·'" not in md
     assert summarize.main(["--save_dir", str(tmp_path / "nothing")]) == 2
@@ -457,7 +464,8 @@ def test_summarize_mixed_epochs_pairs_option_and_errors(tmp_path, capsys):
 
 
 def test_published_numbers_typed_from_the_anchors():
-    look = published.lookup
+    def look(*args):
+        return [tuple(found[:4]) for found in published.lookup(*args)]
     assert look("KD", "resnet32x4", "resnet8x4", (0.1, 0.9, 0.0)) == [("RepD", 73.33, None, False)]
     assert look("FSP", "wrn_40_2", "wrn_40_1", (1.0, 0.0, 50.0)) == []  # N/A
     assert look("FSP", "resnet56", "resnet20", (1.0, 0.0, 50.0)) == [("RepD", 69.95, None, False)]
@@ -470,6 +478,92 @@ def test_published_numbers_typed_from_the_anchors():
     student = look("Student", "resnet32x4", "ShuffleV2", None)
     assert [(s, m) for s, m, _, _ in student] == [("RepD", 71.82), ("SemCKD", 72.60)]
     assert len(published.pairs_of("repd")) == 13 and len(published.pairs_of("semckd")) == 7
+
+
+def _student(root, distill, trial, acc, params=None, pair=("resnet32x4", "resnet8x4"), dataset="cifar100",
+             weights=(1.0, 0.0, 1.0), status="finished"):
+    """A generated student run folder: summary.json (as the loop writes it) and parameters.json."""
+    (t, s), (c, dv, b) = pair, weights
+    folder = f"{root}/students/models/S:{s}_T:{t}_{dataset}_{distill}_r:{c}_a:{dv}_b:{b}_{trial}"
+    summary = {"model_s": s, "model_t": t, "dataset": dataset, "distill": distill, "kd_mode": "offline",
+               "trial": str(trial), "cls": c, "div": dv, "beta": b, "status": status,
+               "best_acc": None if acc is None else acc + 1.0, "last_acc": acc, "last_epoch": 240}
+    _write_run(folder, summary)
+    with open(os.path.join(folder, "parameters.json"), "w") as f:
+        json.dump({"epochs": 240, "strong_aug": "none", "logit_stand": False, "optimizer": "sgd", **(params or {})},
+                  f)
+
+
+def test_summarize_loop_option_rows_protocols_and_diverged_runs(tmp_path):
+    root = str(tmp_path / "save")
+    for t in range(2):
+        _student(root, "kd", t, 76.0 + t, {"logit_stand": True}, weights=(0.1, 9.0, 0.0))
+        _student(root, "kd", t, 74.0, {"optimizer": "dot"}, weights=(0.1, 0.9, 0.0))
+        _student(root, "ctkd", t, 73.0, weights=(0.1, 0.9, 0.0))
+        _student(root, "mlkd", t, 77.0, {"strong_aug": "randaugment"}, weights=(0.1, 0.9, 0.0))
+        _student(root, "dkd", t, 75.0 + t)
+    _student(root, "mlkd", 9, 75.5, weights=(0.1, 0.9, 0.0))                     # the same method, one view
+    _student(root, "dkd", 2, 12.0, status="diverged")                             # its number must not count
+    for t in range(2):                                                             # every run of the cell diverged
+        _student(root, "dkd", t, None if t else 30.0, {"logit_stand": True}, weights=(1.0, 0.0, 9.0),
+                 status="diverged")
+    _student(root, "dist", 0, 71.9, pair=("ResNet34_imagenet", "ResNet18_imagenet"), dataset="imagenet",
+             weights=(1.0, 0.0, 2.0))
+    md = summarize.render_markdown(summarize.build_table(summarize.scan(root, "cifar100")), "cifar100")
+    cells = _cells(md)
+    names = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:]
+    assert names == ["Teacher", "Student", "KD+LS", "KD+DOT", "DKD", "DKD+LS", "MLKD (no extra aug)",
+                     "MLKD (+RandAugment view)", "KD+CTKD"]
+    assert cells["KD+LS"] == ["76.50±0.71 / 77.50±0.71 · LS 76.62",
+                              "240 ep · no extra aug · 2 runs · last & best epoch · LS",
+                              "LS: 240 ep · no extra aug · mean of ? runs · ? epoch"]
+    assert cells["KD+DOT"][0] == "74.00±0.00 / 75.00±0.00 · mdistiller 75.12"
+    assert cells["KD+DOT"][1].endswith("· DOT")
+    assert cells["KD+CTKD"][0] == "73.00±0.00 / 74.00±0.00 · LS 73.39"
+    # a diverged run is counted, never averaged; a cell of diverged runs says so
+    assert cells["DKD"] == ["75.50±0.71 / 76.50±0.71 + 1 diverged · mdistiller 76.32",
+                            "240 ep · no extra aug · 2 runs · last & best epoch",
+                            "mdistiller: 240 ep · no extra aug · mean of 5 · best epoch"]
+    assert cells["DKD+LS"][0] == "diverged (n=2) · LS 77.01"
+    assert cells["DKD+LS"][1] == "240 ep · no extra aug · no finished run · last & best epoch · LS"
+    # MLKD's published numbers ran a strong second view and 480 epochs: both protocols side by side
+    assert cells["MLKD (+RandAugment view)"][1:] == ["240 ep · +RandAugment view · 2 runs · last & best epoch",
+                                                     "LS: 480 ep · +RandAugment view · mean of ? runs · ? epoch"]
+    assert cells["MLKD (no extra aug)"][0] == "75.50 / 76.50 (n=1) · LS 77.08"
+    assert "Published numbers read from: " in md and "LS = logit-standardization-KD README, table 1" in md
+    # ImageNet: the sources' own teachers and students beside ours, DIST_KD's protocol
+    md = summarize.render_markdown(summarize.build_table(summarize.scan(root, "imagenet")), "imagenet")
+    cells = _cells(md)
+    assert cells["__header__"][1] == "ResNet34_imagenet→ResNet18_imagenet"
+    assert cells["DIST"] == ["71.90 / 72.90 · DIST_KD 72.07", "240 ep · no extra aug · 1 run · last & best epoch",
+                             "DIST_KD: 100 ep · no extra aug · ? runs · ? epoch"]
+
+
+def test_published_modern_numbers_and_their_protocols():
+    """The numbers issue 10 asks for, each from its source, and what each source says of its protocol."""
+    r8, w16, v8, im = (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"),
+                       ("ResNet34_imagenet", "ResNet18_imagenet"))
+    expected = {"DKD": (76.32, 76.23, 74.68, 71.70), "KD+LS": (76.62, 76.11, 74.36, 71.42),
+                "DKD+LS": (77.01, 76.39, 74.81, None), "MLKD": (77.08, 76.63, 75.18, None),
+                "MLKD+LS": (78.28, 76.95, 75.22, None), "DIST": (76.31, None, None, 72.07),
+                "ReviewKD": (None, None, None, 71.61), "RCKA": (76.11, None, None, None),
+                "KD+CTKD": (73.39, 75.45, 73.52, 71.32), "KD+DOT": (75.12, None, 73.77, 71.72)}
+    for label, numbers in expected.items():
+        for pair, want in zip((r8, w16, v8, im), numbers):
+            got = [f.mean for f in published.lookup(label, *pair, (1.0, 0.0, 1.0))]
+            assert got == ([] if want is None else [pytest.approx(want)]), (label, pair)
+    dist = published.lookup("DIST", *r8, (1.0, 0.0, 2.0))[0]
+    assert dist.std == pytest.approx(0.19) and dist.source == "DIST_KD"
+    assert [f.source for f in published.lookup("KD", *im, (0.1, 0.9, 0.0))] == ["CRD paper", "mdistiller", "DIST_KD",
+                                                                                 "CTKD"]
+    # protocols: only what the sources state
+    proto = {name: src.protocol for name, src in published.SOURCES.items()}
+    assert proto["dkd"] == published.Protocol("240", "no extra aug", "mean of 5", "best epoch")
+    assert proto["dkd_imagenet"].runs == "mean of 3" and proto["repd"].pick == "last epoch"
+    assert proto["ls_mlkd"].epochs == "480" and proto["ls_mlkd"].augment == "+RandAugment view"
+    assert proto["ls"].epochs == "240" and proto["ls"].augment == "no extra aug"
+    assert proto["rcka"] == published.Protocol()
+    assert published.lookup("RCKA", *r8, (1.0, 0.0, 1.0))[0].recalled
 
 
 # ---- seed experiments (--smoke) -----------------------------------------------------------------------
