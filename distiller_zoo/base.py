@@ -7,7 +7,7 @@ this interface: it never compares method names. The total loss is
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -55,7 +55,9 @@ class BuildContext:
     ``train_targets``: labels of the whole training set in dataset-index order (CRD negatives).
     ``plain_train_images(n)``: an iterable of image batches (no augmentation, fixed order) covering
     the first ``n`` images of a seeded shuffle of the training set, for one-time statistics
-    computed before training (cka_group's teacher CKA matrix).
+    computed before training (cka_group's teacher CKA matrix). ``cache``: a dict shared by every student
+    built against the same teacher in one process (a fresh dict in a single run), where a method keeps
+    what depends on the teacher and the data only, under a key naming everything it depends on.
     """
     opt: argparse.Namespace
     s_probe: Outputs
@@ -68,6 +70,7 @@ class BuildContext:
     train_targets: Optional[torch.Tensor] = None
     device: torch.device = torch.device("cpu")
     plain_train_images: Optional[Callable[[int], Iterable[torch.Tensor]]] = None
+    cache: dict = field(default_factory=dict)
 
 
 class Distiller(nn.Module):
