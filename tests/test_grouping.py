@@ -1,5 +1,6 @@
-"""Tests of helper/grouping.py: the DP against brute force (T8), cka.md 5.3's worked example (T9),
-tie-breaking, the even/uniform/random splits and the automatic group count."""
+"""Tests of helper/grouping.py: the DP against brute force, a worked 6-layer example (two blocks; J(n) and
+ends computed by hand), tie-breaking, the even/uniform/random/proportional/anchored splits, the automatic
+group count and its cap, and the group-block reduction."""
 
 import itertools
 import math
@@ -61,7 +62,7 @@ def sizes_of(ends):
     return np.diff([0] + list(ends)).tolist()
 
 
-# ----------------------------------------------------------------------------- T8, T9
+# ----------------------------------------------------------------------------- the DP
 
 def test_dp_equals_brute_force():
     rng = np.random.default_rng(0)
@@ -168,7 +169,7 @@ def test_choose_n_groups_finds_block_count():
         assert n == len(sizes), (sizes, within, between, n)
         assert contiguous_groups(s, n) == np.cumsum(sizes).tolist()
         assert choose_n_groups(torch.tensor(s)) == n
-    assert choose_n_groups(WORKED) == 2  # the elbow of cka.md 5.3
+    assert choose_n_groups(WORKED) == 2  # the elbow of the worked example
 
 
 def test_choose_n_groups_threshold_rule_and_edge_cases():
