@@ -291,8 +291,8 @@ class CKAGroup(Distiller):
         split = g.get("student_split", "even")
         anchored = g.get("student_anchored") or []
         return (f"==> cka_group grouping ({source}): n={g['n_groups']} ({how}), {g['grouping']}: teacher groups "
-                f"{ranges(g['teacher_ends'], names_t)} of {self.L_t} layers, student groups ({split}"
-                + (f", anchored: {', '.join(anchored)}" if anchored else "") + f") {ranges(g['student_ends'], names_s)} "
+                f"{ranges(g['teacher_ends'], names_t)} of {self.L_t} layers, student groups ({split} split"
+                + (f", {' and '.join(anchored)} anchored" if anchored else "") + f") {ranges(g['student_ends'], names_s)} "
                 f"of {self.L_s}; objective J={g['objective']:.4f}; J(1..{len(g['dp_objective_curve'])})="
                 + ", ".join(f"{v:.3f}" for v in g["dp_objective_curve"]))
 

@@ -79,6 +79,12 @@ def main(argv=None):
         if grouping is None:
             grouping = stored_grouping(ck)
             how = "from the run" if grouping else ""
+    if grouping:  # before any image is loaded
+        l_t, l_s = len(model_t.layer_names()), len(model_s.layer_names()) if model_s is not None else None
+        t_ends, s_ends = grouping["teacher_ends"], grouping["student_ends"]
+        if t_ends[-1] != l_t or (l_s is not None and s_ends[-1] != l_s):
+            raise ConfigError(f"the grouping ({how}) is for {t_ends[-1]} teacher and {s_ends[-1]} student layers; these "
+                              f"models have {l_t} and {l_s if l_s is not None else '-'}: use the pair's grouping")
     pool = a.pool if a.pool is not None else (grouping.get("pool") if grouping else 4)
     pool = pool or None
     opt = argparse.Namespace(dataset=a.dataset, data_folder=a.data_folder, batch_size=a.batch_size, seed=0)
@@ -86,10 +92,6 @@ def main(argv=None):
     out = layer_cka(model_t, data.plain_train_images(a.images), pool, model_s)
     tt, st, names_t, names_s = out["teacher"], out["student_x_teacher"], out["teacher_layers"], out["student_layers"]
     if grouping:
-        t_ends, s_ends = grouping["teacher_ends"], grouping["student_ends"]
-        if t_ends[-1] != len(tt) or (st is not None and s_ends[-1] != len(st)):
-            raise ConfigError(f"the grouping ({how}) is for {t_ends[-1]} teacher and {s_ends[-1]} student layers; these "
-                              f"models have {len(tt)} and {len(st) if st is not None else '-'}: use the pair's grouping")
         how += f" ({grouping.get('grouping', 'dp')}, n={len(t_ends)}, {grouping.get('student_split', 'even')} split)"
     else:
         n_max = min(len(tt), len(st)) if st is not None else len(tt)
