@@ -290,6 +290,8 @@ class CKAGroup(Distiller):
             how = g["n_rule"]
         split = g.get("student_split", "even")
         anchored = g.get("student_anchored") or []
+        if split == "anchored" and not anchored:
+            split = "anchored split: no teacher group is the stem or the embedding alone, so the even"
         return (f"==> cka_group grouping ({source}): n={g['n_groups']} ({how}), {g['grouping']}: teacher groups "
                 f"{ranges(g['teacher_ends'], names_t)} of {self.L_t} layers, student groups ({split} split"
                 + (f", {' and '.join(anchored)} anchored" if anchored else "") + f") {ranges(g['student_ends'], names_s)} "

@@ -387,6 +387,15 @@ def test_student_splits_of_resnet8_against_the_resnet20_groups(tmp_path, split, 
     assert [list(r) for r in d.s_groups] == [list(range(a, b)) for a, b in zip([0] + s_ends[:-1], s_ends)]
 
 
+def test_anchored_split_without_a_single_layer_end_group_is_the_even_split_and_says_so():
+    d = with_matrix(build(cka_student_split="anchored", cka_groups="2"), planted([3, 3]))
+    msgs = []
+    d.prepare(log=msgs.append)
+    assert d.grouping["teacher_ends"] == [3, 6] and d.grouping["student_ends"] == [3, 5]
+    assert d.grouping["student_anchored"] == []
+    assert "(anchored split: no teacher group is the stem or the embedding alone, so the even split)" in msgs[0]
+
+
 def test_a_restored_grouping_must_fit_the_models_and_the_options():
     good = {"n_groups": 3, "n_rule": "given", "grouping": "dp", "teacher_ends": [1, 3, 6], "student_ends": [2, 4, 5],
             "objective": 0.0, "dp_objective_curve": [0.0]}
