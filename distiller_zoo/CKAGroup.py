@@ -48,7 +48,6 @@ import torch
 from helper import distributed as dist_util
 from helper.cka import MIN_BATCH_UNBIASED, pool_features, unit_grams
 from helper.cka_diagnostics import cka_figure, figure_rgb, layer_cka, write_png
-from helper.forward import eager_unless
 from helper.grouping import STUDENT_SPLITS, block_cka, check_ends, contiguous_groups, group_objective, \
     grouping_objective_curve, groups_from_ends, knee_n_groups, random_groups, student_split, uniform_groups
 from models.layers import LayerRecorder
@@ -373,6 +372,7 @@ class CKAGroup(Distiller):
         if self._plain_images is None:
             refuse("cka_group's CKA figures need un-augmented training images, but this data pipeline offers "
                    "none: pass --cka_log_every 0")
+        from helper.forward import eager_unless  # here: helper.forward imports distiller_zoo
         with eager_unless(False, self.opt):  # compiled models run eagerly here: no graph for these batches
             out = layer_cka(self._model_t[0], self._plain_images(self.images), self.pool, self._model_s[0],
                             rec_t=self._rec_t, rec_s=self._rec_s)
