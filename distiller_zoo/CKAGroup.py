@@ -234,20 +234,31 @@ class CKAGroup(Distiller):
                 "images": int(images), "pool": self.pool, "loss_estimator": opt.cka_estimator,
                 "reduce": self.reduce, "group_weights": str(opt.cka_group_weights)}
 
-    def _check_restored(self, g: dict) -> None:
-        """A grouping from a checkpoint must fit these models and the options of this run."""
+    def _fits(self, g: dict) -> bool:
+        """Whether a grouping (and its measurements) from a checkpoint fits these models."""
         try:
             s_ends, t_ends = check_ends(g["student_ends"], self.L_s), check_ends(g["teacher_ends"], self.L_t)
+            scalars = [float(g["objective"]), int(g["n_groups"]), str(g["n_rule"])]
+            scalars += [float(v) for v in g["dp_objective_curve"]]
+            shapes = [np.shape(g["teacher_cka"]) == (self.L_t, self.L_t)] if self.log_every else []
+            for m in self.measurements:
+                c = m["student_x_teacher"]
+                shapes += [isinstance(m["epoch"], int), len(m["group_cka"]) == len(t_ends),
+                           c is None or np.shape(c) == (self.L_s, self.L_t)]
         except (KeyError, TypeError, ValueError):
+            return False
+        return len(s_ends) == len(t_ends) and all(shapes)
+
+    def _check_restored(self, g: dict) -> None:
+        """A grouping from a checkpoint must fit these models and the options of this run."""
+        if not self._fits(g):
             refuse(f"the checkpoint's cka_group grouping does not fit a {self.L_s}-layer student and a "
-                   f"{self.L_t}-layer teacher: resume with the models of that run")
-        if len(s_ends) != len(t_ends):
-            refuse("the checkpoint's cka_group grouping has different student and teacher group counts")
+                   f"{self.L_t}-layer teacher (or is damaged): resume with the models of that run")
         opt = self.opt
         asked = {"--cka_grouping": (g.get("grouping", "dp"), opt.cka_grouping),
                  "--cka_student_split": (g.get("student_split", "even"), opt.cka_student_split)}
         if str(opt.cka_groups) != "auto":
-            asked["--cka_groups"] = (str(len(t_ends)), str(int(opt.cka_groups)))
+            asked["--cka_groups"] = (str(len(g["teacher_ends"])), str(int(opt.cka_groups)))
         for flag, (had, want) in asked.items():
             if had != want:
                 refuse(f"the checkpoint's cka_group grouping was made with {flag} {had}, this run asks for {want}: "

@@ -396,24 +396,39 @@ def test_anchored_split_without_a_single_layer_end_group_is_the_even_split_and_s
     assert "(anchored split: no teacher group is the stem or the embedding alone, so the even split)" in msgs[0]
 
 
+class Stub(torch.nn.Sequential):
+    """A model of n parameter-free layers with names: what the distiller reads of a model's structure."""
+
+    def __init__(self, n):
+        super().__init__(*[torch.nn.Identity() for _ in range(n)])
+
+    def layer_names(self):
+        return [str(i) for i in range(len(self))]
+
+
 def test_a_restored_grouping_must_fit_the_models_and_the_options():
     good = {"n_groups": 3, "n_rule": "given", "grouping": "dp", "teacher_ends": [1, 3, 6], "student_ends": [2, 4, 5],
-            "objective": 0.0, "dp_objective_curve": [0.0]}
+            "objective": 0.0, "dp_objective_curve": [0.0], "teacher_cka": np.eye(6).tolist(), "images": 10}
     for over, state, needle in [
         ({"cka_student_split": "proportional"}, {}, "--cka_student_split even, this run asks for proportional"),
         ({"cka_grouping": "uniform"}, {}, "--cka_grouping dp, this run asks for uniform"),
         ({"cka_groups": "2"}, {}, "--cka_groups 3, this run asks for 2"),
         ({}, {"student_ends": [2, 4, 7]}, "does not fit a 5-layer student and a 6-layer teacher"),
         ({}, {"teacher_ends": "x"}, "does not fit"),
-        ({}, {"student_ends": [5]}, "different student and teacher group counts"),
+        ({}, {"student_ends": [5]}, "does not fit"),
+        ({}, {"objective": None}, "or is damaged"),
+        ({"cka_log_every": 1}, {"teacher_cka": [[1.0]]}, "or is damaged"),
+        ({"cka_log_every": 1}, {"measurements": [{"epoch": 0, "group_cka": [0.1] * 3, "student_x_teacher": [[0]]}]},
+         "or is damaged"),
     ]:
-        d = build(**over)
+        d = build(model_s=Stub(5), model_t=Stub(6), **over)
         d.set_extra_state({**good, **state})
         with pytest.raises(ConfigError, match=needle):
             d.prepare(log=lambda *_: None)
     d = build(cka_student_split="anchored")
     d.set_extra_state({**good, "student_split": "anchored"})
     d.prepare(log=lambda *_: None)   # the same options: restored
+    assert d.grouping["student_split"] == "anchored"
 
 
 def test_students_of_one_teacher_share_its_matrix_through_the_cache():
