@@ -23,6 +23,8 @@ from helper.errors import ConfigError
 from helper.grouping import block_cka, check_ends, groups_from_ends
 from models.layers import LayerRecorder
 
+DEFAULT_POOL = 4  # cka_group's --cka_pool default
+
 __all__ = ["batches_of_at_least", "layer_cka", "group_cka", "load_grouping", "cka_figure", "figure_rgb",
            "write_png"]
 
@@ -128,18 +130,19 @@ def check_grouping(g: dict, where: str = "the grouping") -> dict:
 def group_cka(model_t, model_s, grouping: dict, images: Iterable[torch.Tensor], pool="grouping") -> dict:
     """Group CKAs of any student against a teacher and a cka_group grouping, on plain images.
 
-    The matrix is the unbiased minibatch CKA of `layer_cka` (pooled as the grouping's run pooled, unless
-    ``pool`` is given); group i's CKA is the grouping's reduction (default mean) of the block (student
-    group i x teacher group i). Returns ``group_cka`` (list), ``mean`` (their unweighted mean),
-    ``student_x_teacher``, ``teacher``, the layer names and ``images``.
+    The matrix is the unbiased minibatch CKA of `layer_cka`, pooled as the grouping's run pooled (its
+    ``pool``; 4, cka_group's default, if it names none) unless ``pool`` is given (None: flattened maps).
+    Group i's CKA is the grouping's reduction (default mean) of the block (student group i x teacher
+    group i). Returns ``group_cka`` (list), ``mean`` (their unweighted mean), ``student_x_teacher``,
+    ``teacher``, the layer names and ``images``.
     """
     check_grouping(grouping)
-    pool = grouping.get("pool") if pool == "grouping" else pool
-    out = layer_cka(model_t, images, pool, model_s)
-    l_s, l_t = out["student_x_teacher"].shape
+    l_s, l_t = (len(getattr(m, "module", m).layer_names()) for m in (model_s, model_t))
     if grouping["student_ends"][-1] != l_s or grouping["teacher_ends"][-1] != l_t:
         raise ConfigError(f"the grouping is for {grouping['student_ends'][-1]} student and {grouping['teacher_ends'][-1]} "
                           f"teacher layers, these models have {l_s} and {l_t}: use the grouping of this pair")
+    pool = grouping.get("pool", DEFAULT_POOL) if pool == "grouping" else pool
+    out = layer_cka(model_t, images, pool, model_s)
     per = block_cka(out["student_x_teacher"], grouping["student_ends"], grouping["teacher_ends"],
                     grouping.get("reduce", "mean"))
     return {**out, "group_cka": per, "mean": float(np.mean(per)), "pool": pool}

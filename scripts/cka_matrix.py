@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dataset  # noqa: E402
 from helper.checkpoint import build_teacher, load_file  # noqa: E402
-from helper.cka_diagnostics import check_grouping, cka_figure, figure_rgb, layer_cka, load_grouping, \
-    write_png  # noqa: E402
+from helper.cka_diagnostics import DEFAULT_POOL, check_grouping, cka_figure, figure_rgb, layer_cka, \
+    load_grouping, write_png  # noqa: E402
 from helper.errors import ConfigError  # noqa: E402
 from helper.grouping import STUDENT_SPLITS, block_cka, choose_n_groups, contiguous_groups, group_objective, \
     student_split  # noqa: E402
@@ -85,7 +85,7 @@ def main(argv=None):
         if t_ends[-1] != l_t or (l_s is not None and s_ends[-1] != l_s):
             raise ConfigError(f"the grouping ({how}) is for {t_ends[-1]} teacher and {s_ends[-1]} student layers; these "
                               f"models have {l_t} and {l_s if l_s is not None else '-'}: use the pair's grouping")
-    pool = a.pool if a.pool is not None else (grouping.get("pool") if grouping else 4)
+    pool = a.pool if a.pool is not None else (grouping.get("pool", DEFAULT_POOL) if grouping else DEFAULT_POOL)
     pool = pool or None
     opt = argparse.Namespace(dataset=a.dataset, data_folder=a.data_folder, batch_size=a.batch_size, seed=0)
     data = dataset.get_dataloaders(opt, model_t.input_shape)

@@ -135,6 +135,10 @@ def test_group_cka_and_grouping_files(tmp_path):
     st = out["student_x_teacher"]
     assert out["group_cka"] == pytest.approx([st[:3, :2].mean(), st[3:, 2:].mean()])
     assert out["mean"] == pytest.approx(np.mean(out["group_cka"]))
+    unnamed = group_cka(model_t, model_s, {"teacher_ends": [2, 5], "student_ends": [3, 8]}, images)
+    assert unnamed["pool"] == 4 and unnamed["group_cka"] == out["group_cka"]   # cka_group's default pooling
+    flat = group_cka(model_t, model_s, grouping, images, pool=None)
+    assert flat["pool"] is None and flat["group_cka"] != out["group_cka"]
     with pytest.raises(ConfigError, match="use the grouping of this pair"):
         group_cka(model_s, model_t, grouping, images)
     path = tmp_path / "g.json"
