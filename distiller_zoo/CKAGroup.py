@@ -304,7 +304,8 @@ class CKAGroup(Distiller):
             split = "anchored split: no teacher group is the stem or the embedding alone, so the even"
         return (f"==> cka_group grouping ({source}): n={g['n_groups']} ({how}), {g['grouping']}: teacher groups "
                 f"{ranges(g['teacher_ends'], names_t)} of {self.L_t} layers, student groups ({split} split"
-                + (f", {' and '.join(anchored)} anchored" if anchored else "") + f") {ranges(g['student_ends'], names_s)} "
+                + (f", {' and '.join(anchored)} anchored" if anchored else "")
+                + f") {ranges(g['student_ends'], names_s)} "
                 f"of {self.L_s}; objective J={g['objective']:.4f}; J(1..{len(g['dp_objective_curve'])})="
                 + ", ".join(f"{v:.3f}" for v in g["dp_objective_curve"]))
 
@@ -409,8 +410,8 @@ class CKAGroup(Distiller):
         title = (f"{getattr(self.opt, 'model_t', 'teacher')} -> {getattr(self.opt, 'model_s', 'student')}: cka_group, "
                  f"n={g['n_groups']}, {g['grouping']} grouping, {g.get('student_split', 'even')} student split "
                  f"(group blocks in red; {g['images']} plain images, maps pooled to {self.pool or 'none'})")
-        rgb = figure_rgb(cka_figure(g["teacher_cka"], g["teacher_ends"], panels, g["student_ends"],
-                                    g.get("teacher_layers", self.names_t), g.get("student_layers", self.names_s), title))
+        names = g.get("teacher_layers", self.names_t), g.get("student_layers", self.names_s)
+        rgb = figure_rgb(cka_figure(g["teacher_cka"], g["teacher_ends"], panels, g["student_ends"], *names, title))
         if self.save_folder:
             write_png(rgb, os.path.join(self.save_folder, "cka_matrices.png"))
             tmp = os.path.join(self.save_folder, ".cka_matrices.json.tmp")

@@ -25,8 +25,8 @@ from models.layers import LayerRecorder
 
 DEFAULT_POOL = 4  # cka_group's --cka_pool default
 
-__all__ = ["batches_of_at_least", "layer_cka", "group_cka", "load_grouping", "cka_figure", "figure_rgb",
-           "write_png"]
+__all__ = ["DEFAULT_POOL", "batches_of_at_least", "layer_cka", "group_cka", "load_grouping", "check_grouping",
+           "cka_figure", "figure_rgb", "write_png"]
 
 
 def batches_of_at_least(batches: Iterable[torch.Tensor], k: int = MIN_BATCH_UNBIASED):
@@ -139,8 +139,9 @@ def group_cka(model_t, model_s, grouping: dict, images: Iterable[torch.Tensor], 
     check_grouping(grouping)
     l_s, l_t = (len(getattr(m, "module", m).layer_names()) for m in (model_s, model_t))
     if grouping["student_ends"][-1] != l_s or grouping["teacher_ends"][-1] != l_t:
-        raise ConfigError(f"the grouping is for {grouping['student_ends'][-1]} student and {grouping['teacher_ends'][-1]} "
-                          f"teacher layers, these models have {l_s} and {l_t}: use the grouping of this pair")
+        raise ConfigError(f"the grouping is for {grouping['student_ends'][-1]} student and "
+                          f"{grouping['teacher_ends'][-1]} teacher layers, these models have {l_s} and {l_t}: "
+                          "use the grouping of this pair")
     pool = grouping.get("pool", DEFAULT_POOL) if pool == "grouping" else pool
     out = layer_cka(model_t, images, pool, model_s)
     per = block_cka(out["student_x_teacher"], grouping["student_ends"], grouping["teacher_ends"],

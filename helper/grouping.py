@@ -315,7 +315,8 @@ def anchored_split(num_layers: int, teacher_ends: Sequence[int], teacher_layers:
     return ends, ["stem"] * stem + ["embedding"] * emb
 
 
-def student_split(kind: str, num_layers: int, teacher_ends: Sequence[int], teacher_layers: int) -> tuple[list[int], list[str]]:
+def student_split(kind: str, num_layers: int, teacher_ends: Sequence[int],
+                  teacher_layers: int) -> tuple[list[int], list[str]]:
     """The student's group ends for ``--cka_student_split kind`` and the layers it anchored."""
     if kind == "even":
         return even_split(num_layers, len(teacher_ends)), []
@@ -338,4 +339,5 @@ def block_cka(c, s_ends: Sequence[int], t_ends: Sequence[int], reduce: str = "me
     if reduce not in ("mean", "max", "min"):
         raise ConfigError(f"unknown reduction {reduce!r}; use mean, max or min")
     f = getattr(np, reduce)
-    return [float(f(c[a.start:a.stop, b.start:b.stop])) for a, b in zip(groups_from_ends(s_ends), groups_from_ends(t_ends))]
+    pairs = zip(groups_from_ends(s_ends), groups_from_ends(t_ends))
+    return [float(f(c[a.start:a.stop, b.start:b.stop])) for a, b in pairs]

@@ -52,7 +52,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--path_t", required=True)
     p.add_argument("--model_t", default=None)
-    p.add_argument("--path_s", default=None, help="a student checkpoint (any method; e.g. *_best.pth, ckpt_epoch_N.pth)")
+    p.add_argument("--path_s", default=None,
+                   help="a student checkpoint (any method; e.g. *_best.pth, ckpt_epoch_N.pth)")
     p.add_argument("--grouping", default=None, help="a cka_group run's cka_grouping.json: its groups (and pooling)")
     p.add_argument("--dataset", default="fashionmnist")
     p.add_argument("--data_folder", default="./data")
@@ -83,8 +84,8 @@ def main(argv=None):
         l_t, l_s = len(model_t.layer_names()), len(model_s.layer_names()) if model_s is not None else None
         t_ends, s_ends = grouping["teacher_ends"], grouping["student_ends"]
         if t_ends[-1] != l_t or (l_s is not None and s_ends[-1] != l_s):
-            raise ConfigError(f"the grouping ({how}) is for {t_ends[-1]} teacher and {s_ends[-1]} student layers; these "
-                              f"models have {l_t} and {l_s if l_s is not None else '-'}: use the pair's grouping")
+            raise ConfigError(f"the grouping ({how}) is for {t_ends[-1]} teacher and {s_ends[-1]} student layers; "
+                              f"these models have {l_t} and {l_s if l_s is not None else '-'}: use the pair's grouping")
     pool = a.pool if a.pool is not None else (grouping.get("pool", DEFAULT_POOL) if grouping else DEFAULT_POOL)
     pool = pool or None
     opt = argparse.Namespace(dataset=a.dataset, data_folder=a.data_folder, batch_size=a.batch_size, seed=0)

@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from distiller_zoo import Batch, BuildContext, Outputs, build_distiller, get_distiller_class
 from helper.errors import ConfigError
