@@ -47,7 +47,7 @@ import torch
 
 from helper import distributed as dist_util
 from helper.cka import MIN_BATCH_UNBIASED, pool_features, unit_grams
-from helper.cka_diagnostics import cka_figure, figure_rgb, layer_cka, write_png
+from helper.cka_diagnostics import DEFAULT_POOL, cka_figure, figure_rgb, layer_cka, write_png
 from helper.grouping import STUDENT_SPLITS, block_cka, check_ends, contiguous_groups, group_objective, \
     grouping_objective_curve, groups_from_ends, knee_n_groups, random_groups, student_split, uniform_groups
 from models.layers import LayerRecorder
@@ -102,7 +102,7 @@ class CKAGroup(Distiller):
                        help="un-augmented training images for the teacher's CKA matrix (at least 4)")
         g.add_argument("--cka_estimator", default="unbiased", choices=("unbiased", "biased"),
                        help="per-batch CKA estimator of the loss (the grouping always uses unbiased)")
-        g.add_argument("--cka_pool", type=int, default=4,
+        g.add_argument("--cka_pool", type=int, default=DEFAULT_POOL,
                        help="average-pool every map to at most S x S before the Gram (0: flatten as is)")
         g.add_argument("--cka_reduce", default="mean", choices=("mean", "max", "min"),
                        help="representative CKA of a group's (student x teacher) block")
