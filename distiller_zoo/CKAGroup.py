@@ -3,11 +3,12 @@
 Hypothesis: a student whose processing *flow* resembles the teacher's approaches the teacher.
 1. Before training, the teacher's L_t x L_t layer CKA matrix is measured on ``--cka_images``
    un-augmented training images in eval mode with the unbiased minibatch estimator (Nguyen et al.
-   2021: HSIC_1 sums over batches, divided once).
+   2021: HSIC_1 sums over batches, divided once), in batches of at least 4 images.
 2. The teacher's ordered layers are cut into n contiguous groups by the exact DP of contiguous
    kernel k-means (helper/grouping.py); ``--cka_grouping uniform|random`` are the ablations.
-3. The student's L_s layers are split evenly into n groups (numpy.array_split sizes); student
-   group i is matched with teacher group i.
+3. The student's L_s layers are cut into n groups by ``--cka_student_split``: evenly (numpy.array_split
+   sizes, the default), at the teacher's relative depths, or with its stem / embedding anchored to a
+   teacher group that is the stem / embedding alone; student group i is matched with teacher group i.
 4. Every batch: the L_s x L_t CKA matrix C (one unit Gram per layer, one matmul; teacher side
    without grad); CKA_g = reduce(C[S_g, T_g]) over the diagonal block of group g; the loss is the
    weighted mean over groups of (1 - CKA_g). The loop multiplies it by ``-b/--beta``.
@@ -16,6 +17,13 @@ Layers are block outputs (models/layers.py). Maps are average-pooled to ``--cka_
 ``--cka_pool`` before the Gram (the same preprocessing for grouping and loss): this bounds the
 feature dimension, whose size otherwise pushes the biased estimator towards 1 for any pair
 (README, "What the CKA loss sees").
+
+The grouping is made once, from a fixed teacher: ``--kd_mode self|online`` (an untrained, changing
+teacher) is refused. Students built against the same teacher in one process (BuildContext.cache) share
+the teacher's matrix. Diagnostics (helper/cka_diagnostics.py): the student x teacher matrix, measured
+with the teacher's estimator on the same plain images before training, every ``--cka_log_every`` epochs,
+at the middle and at the end, drawn beside the teacher's matrix (``cka_matrices.png`` in the run folder,
+and TensorBoard), its values and group CKAs in ``cka_matrices.json``.
 
 Under DDP each rank computes the CKA of its local batch (batch_size / world_size) unless ``--cka_gather``.
 CKA is a batch statistic, so that is a different estimator from the single-process one: the mean over
@@ -30,6 +38,7 @@ layers per step, and an all-reduce of their gradients.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 
@@ -37,9 +46,10 @@ import numpy as np
 import torch
 
 from helper import distributed as dist_util
-from helper.cka import MIN_BATCH_UNBIASED, MinibatchCKA, pool_features, unit_grams
-from helper.grouping import choose_n_groups, contiguous_groups, even_split, group_objective, \
-    grouping_objective_curve, random_groups, uniform_groups
+from helper.cka import MIN_BATCH_UNBIASED, pool_features, unit_grams
+from helper.cka_diagnostics import DEFAULT_POOL, cka_figure, figure_rgb, layer_cka, write_png
+from helper.grouping import STUDENT_SPLITS, block_cka, check_ends, contiguous_groups, group_objective, \
+    grouping_objective_curve, groups_from_ends, knee_n_groups, random_groups, student_split, uniform_groups
 from models.layers import LayerRecorder
 
 from . import register
@@ -57,12 +67,15 @@ def _gather(x: torch.Tensor, with_grad: bool) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def _heatmap(m: np.ndarray) -> np.ndarray:
-    """(3, H, W) uint8 image of a matrix in [0, 1] (black -> red -> yellow -> white), no matplotlib."""
-    v = np.clip(m, 0.0, 1.0)
-    rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)])
-    scale = max(1, 256 // max(m.shape))
-    return (np.kron(rgb, np.ones((1, scale, scale))) * 255).astype(np.uint8)
+def _layer_names(model, count: int) -> list[str]:
+    """The model's layer names (models' ``layer_names()``), or "layer i" where it has none."""
+    inner = getattr(model, "module", model)
+    names = list(inner.layer_names()) if hasattr(inner, "layer_names") else []
+    return names if len(names) == count else [f"layer {i}" for i in range(count)]
+
+
+def _round(m) -> list:
+    return [[round(float(v), 6) for v in row] for row in np.asarray(m)]
 
 
 @register("cka_group")
@@ -75,14 +88,21 @@ class CKAGroup(Distiller):
     def add_arguments(cls, p):
         g = p.add_argument_group("cka_group")
         g.add_argument("--cka_groups", default="auto",
-                       help="number of layer groups n (<= min(L_s, L_t)), or 'auto' (knee of the DP objective)")
+                       help="number of layer groups n (<= min(L_s, L_t)), or 'auto': the knee of the DP objective, "
+                            "capped at min(L_s, L_t) (the log and cka_grouping.json say when the cap decided n)")
         g.add_argument("--cka_grouping", default="dp", choices=("dp", "uniform", "random"),
                        help="teacher grouping: exact CKA DP, even split, or random contiguous (ablations)")
+        g.add_argument("--cka_student_split", default="even", choices=STUDENT_SPLITS,
+                       help="student groups: even (numpy.array_split sizes, first groups larger); proportional "
+                            "(cut i at round-half-up(e_i * L_s / L_t) of the teacher's ends e_i, moved so that no "
+                            "group is empty); anchored (a teacher group that is the stem alone / the embedding alone "
+                            "gets the student's stem alone / embedding alone, the other layers split evenly among "
+                            "the other groups; no such teacher group: the even split)")
         g.add_argument("--cka_images", type=int, default=1000,
-                       help="un-augmented training images for the teacher's CKA matrix")
+                       help="un-augmented training images for the teacher's CKA matrix (at least 4)")
         g.add_argument("--cka_estimator", default="unbiased", choices=("unbiased", "biased"),
                        help="per-batch CKA estimator of the loss (the grouping always uses unbiased)")
-        g.add_argument("--cka_pool", type=int, default=4,
+        g.add_argument("--cka_pool", type=int, default=DEFAULT_POOL,
                        help="average-pool every map to at most S x S before the Gram (0: flatten as is)")
         g.add_argument("--cka_reduce", default="mean", choices=("mean", "max", "min"),
                        help="representative CKA of a group's (student x teacher) block")
@@ -94,11 +114,20 @@ class CKAGroup(Distiller):
                             "(batch_size / world_size): a different, noisier estimate whose bias (biased "
                             "estimator: O(1/batch)) grows as the per-rank batch shrinks")
         g.add_argument("--cka_log_every", type=int, default=5,
-                       help="log the student x teacher CKA matrix image to TensorBoard every N epochs")
+                       help="measure the student x teacher CKA matrix (the teacher's estimator, on the --cka_images "
+                            "plain images) before training, every N epochs, at the middle and at the end, and draw "
+                            "it beside the teacher's (cka_matrices.png/.json in the run folder, TensorBoard); "
+                            "0: none of it")
 
     def __init__(self, ctx):
         super().__init__(ctx)
         opt = ctx.opt
+        mode = getattr(opt, "kd_mode", "offline")
+        if mode != "offline":
+            refuse(f"cka_group with --kd_mode {mode}: it groups the teacher's layers once, before training, and "
+                   f"that teacher ({'the untrained student itself' if mode == 'self' else 'a peer that trains too'}) "
+                   "keeps changing, so the groups would describe a network that no longer exists; use --kd_mode "
+                   "offline with a trained teacher")
         self.L_s = len(ctx.s_probe.layers)
         self.L_t = len(ctx.t_probe.layers)
         self.unbiased = opt.cka_estimator == "unbiased"
@@ -112,6 +141,9 @@ class CKAGroup(Distiller):
             refuse(f"cka_group sees batches of {b} (per rank{' after gathering' if self.gather else ''}); the "
                    f"{opt.cka_estimator} CKA estimator needs at least {b_min}: raise --batch_size"
                    + ("" if self.gather or opt.world_size == 1 else " or pass --cka_gather"))
+        if opt.cka_images < MIN_BATCH_UNBIASED:
+            refuse(f"--cka_images {opt.cka_images}: the teacher's CKA matrix (unbiased estimator) needs at least "
+                   f"{MIN_BATCH_UNBIASED} images; use hundreds (default 1000)")
         n_max = min(self.L_s, self.L_t)
         if str(opt.cka_groups) != "auto":
             try:
@@ -121,95 +153,166 @@ class CKAGroup(Distiller):
             if not 1 <= n <= n_max:
                 refuse(f"--cka_groups {n}: must be between 1 and min(L_s, L_t) = {n_max} "
                        f"(student {self.L_s} layers, teacher {self.L_t})")
+        self.log_every = opt.cka_log_every
+        if self.log_every < 0:
+            refuse(f"--cka_log_every {self.log_every}: give a number of epochs, or 0 for no CKA figures")
+        if self.log_every and importlib.util.find_spec("matplotlib") is None:
+            refuse("cka_group draws its CKA figures with matplotlib, which is not installed: pip install matplotlib "
+                   "(a dependency of this project), or pass --cka_log_every 0")
         self.n_max = n_max
         self.seed = opt.seed
         self.images = opt.cka_images
-        self.log_every = opt.cka_log_every
         self.save_folder = getattr(opt, "save_folder", None)
-        # kept as plain attributes (not submodules): the teacher is never part of the distiller
-        self._model_t = [ctx.model_t]
+        self.names_s = _layer_names(ctx.model_s, self.L_s)
+        self.names_t = _layer_names(ctx.model_t, self.L_t)
+        # kept as plain attributes (not submodules): the teacher and student are never part of the distiller
+        self._model_t, self._model_s = [ctx.model_t], [ctx.model_s]
         self._plain_images = ctx.plain_train_images
+        self._cache = ctx.cache
+        self._rec_t = self._rec_s = None
+        if self.log_every:  # hooked now, before --compile traces the models, and inactive outside a measurement
+            key = ("cka_group.teacher_recorder", id(ctx.model_t), self.pool)
+            if key not in ctx.cache:
+                ctx.cache[key] = LayerRecorder(ctx.model_t, transform=self.layer_transform)
+            self._rec_t = ctx.cache[key]
+            self._rec_s = LayerRecorder(ctx.model_s, transform=self.layer_transform)
         self.grouping: dict | None = None
-        self.register_buffer("_epoch_sum", torch.zeros(self.L_s, self.L_t), persistent=False)
+        self.measurements: list[dict] = []   # measured student x teacher CKA (diagnostics), saved in the state
+        self.register_buffer("_group_sum", torch.zeros(0), persistent=False)  # per-group CKA summed over the epoch
         self._epoch_batches = 0
 
     # ---- grouping ------------------------------------------------------------------------------
     def get_extra_state(self):
-        return self.grouping
+        return None if self.grouping is None else {**self.grouping, "measurements": self.measurements}
 
     def set_extra_state(self, state):
         if state:
+            state = dict(state)
+            self.measurements = list(state.pop("measurements", []))
             self.grouping = state
 
-    @torch.no_grad()
-    def teacher_similarity(self) -> torch.Tensor:
-        """Unbiased minibatch CKA matrix of the teacher's layers on un-augmented training images."""
+    def _source_key(self):
+        src = getattr(self._plain_images, "__self__", self._plain_images)  # the data bundle of a bound method
+        return ("cka_group.teacher_cka", id(self._model_t[0]), id(src), self.images, self.pool)
+
+    def teacher_similarity(self) -> dict:
+        """The teacher's layer CKA matrix (unbiased minibatch, plain training images, eval mode), with
+        the layer names and the number of images. Students built with the same teacher, image source,
+        --cka_images and --cka_pool (BuildContext.cache) compute it once."""
         if self._plain_images is None:
             refuse("cka_group needs un-augmented training images for the teacher's CKA matrix, "
                    "but this data pipeline offers none")
-        model_t = self._model_t[0]
-        was_training = model_t.training
-        model_t.eval()
-        acc, rec = MinibatchCKA(), LayerRecorder(model_t)
-        try:
-            for x in self._plain_images(self.images):
-                if x.size(0) < MIN_BATCH_UNBIASED:
-                    continue
-                with rec:
-                    model_t(x)
-                acc.update([pool_features(f, self.pool) for f in rec.layers])
-        finally:
-            rec.remove()
-            model_t.train(was_training)
-        return acc.compute().float().cpu()
+        key = self._source_key()
+        if key not in self._cache:
+            out = layer_cka(self._model_t[0], self._plain_images(self.images), self.pool, rec_t=self._rec_t)
+            self._cache[key] = {k: out[k] for k in ("teacher", "teacher_layers", "images")}
+        return self._cache[key]
 
-    def choose_grouping(self, sim: torch.Tensor) -> dict:
+    def choose_grouping(self, sim: np.ndarray, images: int) -> dict:
         opt = self.opt
-        s = sim.double().numpy()
+        s = np.asarray(sim, dtype=np.float64)
         auto = str(opt.cka_groups) == "auto"
-        n = choose_n_groups(s, n_max=self.n_max) if auto else int(opt.cka_groups)
+        n, knee = knee_n_groups(s, self.n_max) if auto else (int(opt.cka_groups), None)
         if opt.cka_grouping == "dp":
             t_ends = contiguous_groups(s, n)
         elif opt.cka_grouping == "uniform":
             t_ends = uniform_groups(self.L_t, n)
         else:
             t_ends = random_groups(self.L_t, n, seed=self.seed)
-        return {"n_groups": n, "n_rule": "knee" if auto else "given", "grouping": opt.cka_grouping,
-                "teacher_ends": [int(e) for e in t_ends], "student_ends": even_split(self.L_s, n),
+        t_ends = [int(e) for e in t_ends]
+        s_ends, anchored = student_split(opt.cka_student_split, self.L_s, t_ends, self.L_t)
+        names = lambda ends, nm: [[nm[i] for i in g] for g in groups_from_ends(ends)]  # noqa: E731
+        return {"n_groups": n, "n_rule": "knee" if auto else "given", "n_max": self.n_max,
+                "n_capped": bool(auto and knee > n), "n_knee_uncapped": knee,
+                "grouping": opt.cka_grouping, "teacher_ends": t_ends, "student_ends": s_ends,
+                "student_split": opt.cka_student_split, "student_anchored": anchored,
+                "teacher_layers": self.names_t, "student_layers": self.names_s,
+                "teacher_groups": names(t_ends, self.names_t), "student_groups": names(s_ends, self.names_s),
                 "objective": group_objective(s, t_ends),
                 "dp_objective_curve": [float(v) for v in grouping_objective_curve(s, self.n_max)],
-                "teacher_cka": [[round(float(v), 6) for v in row] for row in s],
-                "estimator": "unbiased minibatch (Nguyen et al. 2021)", "images": self.images,
-                "pool": self.pool, "loss_estimator": opt.cka_estimator}
+                "teacher_cka": _round(s), "estimator": "unbiased minibatch (Nguyen et al. 2021)",
+                "images": int(images), "pool": self.pool, "loss_estimator": opt.cka_estimator,
+                "reduce": self.reduce, "group_weights": str(opt.cka_group_weights)}
+
+    def _fits(self, g: dict) -> bool:
+        """Whether a grouping (and its measurements) from a checkpoint fits these models."""
+        try:
+            s_ends, t_ends = check_ends(g["student_ends"], self.L_s), check_ends(g["teacher_ends"], self.L_t)
+            scalars = [float(g["objective"]), int(g["n_groups"]), str(g["n_rule"])]
+            scalars += [float(v) for v in g["dp_objective_curve"]]
+            shapes = [np.shape(g["teacher_cka"]) == (self.L_t, self.L_t)] if self.log_every else []
+            for m in self.measurements:
+                c = m["student_x_teacher"]
+                shapes += [isinstance(m["epoch"], int), len(m["group_cka"]) == len(t_ends),
+                           c is None or np.shape(c) == (self.L_s, self.L_t)]
+        except (KeyError, TypeError, ValueError):
+            return False
+        return len(s_ends) == len(t_ends) and all(shapes)
+
+    def _check_restored(self, g: dict) -> None:
+        """A grouping from a checkpoint must fit these models and the options of this run."""
+        if not self._fits(g):
+            refuse(f"the checkpoint's cka_group grouping does not fit a {self.L_s}-layer student and a "
+                   f"{self.L_t}-layer teacher (or is damaged): resume with the models of that run")
+        opt = self.opt
+        asked = {"--cka_grouping": (g.get("grouping", "dp"), opt.cka_grouping),
+                 "--cka_student_split": (g.get("student_split", "even"), opt.cka_student_split)}
+        if str(opt.cka_groups) != "auto":
+            asked["--cka_groups"] = (str(len(g["teacher_ends"])), str(int(opt.cka_groups)))
+        for flag, (had, want) in asked.items():
+            if had != want:
+                refuse(f"the checkpoint's cka_group grouping was made with {flag} {had}, this run asks for {want}: "
+                       "resume with the run's options, or start a new run")
 
     def prepare(self, log=print) -> None:
         if self.grouping is None:
-            g = self.choose_grouping(self.teacher_similarity()) if dist_util.is_main() else None
+            if dist_util.is_main():
+                sim = self.teacher_similarity()
+                g = self.choose_grouping(sim["teacher"], sim["images"])
+            else:
+                g = None
             self.grouping = dist_util.broadcast_object(g)
             source = "computed"
         else:
+            self._check_restored(self.grouping)
             source = "restored from the checkpoint"
         g = self.grouping
         self._set_groups(g["student_ends"], g["teacher_ends"])
         if dist_util.is_main():
-            log(f"==> cka_group grouping ({source}): n={g['n_groups']} ({g['n_rule']}), {g['grouping']}: "
-                f"teacher groups {self._ranges(g['teacher_ends'])} of {self.L_t} layers, student groups "
-                f"{self._ranges(g['student_ends'])} of {self.L_s}; objective J={g['objective']:.4f}; "
-                f"J(1..{self.n_max})=" + ", ".join(f"{v:.3f}" for v in g["dp_objective_curve"]))
+            log(self._describe(g, source))
             if self.save_folder:
                 os.makedirs(self.save_folder, exist_ok=True)
                 with open(os.path.join(self.save_folder, "cka_grouping.json"), "w") as f:
                     json.dump(g, f, indent=1)
+            if self.log_every and not self.measurements:  # drawn with the first figure of training
+                self._measure(0, "start (before training)", keep_matrix=True)
 
-    @staticmethod
-    def _ranges(ends):
-        starts = [0] + list(ends[:-1])
-        return "[" + ", ".join(f"{a}-{b - 1}" for a, b in zip(starts, ends)) + "]"
+    def _describe(self, g: dict, source: str) -> str:
+        """The grouping in one log line, with layer names and how n was chosen."""
+        def ranges(ends, names):
+            return "[" + " | ".join(f"{names[r.start]}" + (f"..{names[r.stop - 1]}" if len(r) > 1 else "")
+                                    for r in groups_from_ends(ends)) + "]"
+        names_t, names_s = g.get("teacher_layers", self.names_t), g.get("student_layers", self.names_s)
+        if g["n_rule"] == "knee" and g.get("n_capped"):
+            how = (f"knee capped at min(L_s, L_t) = {g['n_max']}: the whole curve's knee is "
+                   f"{g['n_knee_uncapped']}, so the cap decided n")
+        else:
+            how = g["n_rule"]
+        split = g.get("student_split", "even")
+        anchored = g.get("student_anchored") or []
+        if split == "anchored" and not anchored:
+            split = "anchored split: no teacher group is the stem or the embedding alone, so the even"
+        return (f"==> cka_group grouping ({source}): n={g['n_groups']} ({how}), {g['grouping']}: teacher groups "
+                f"{ranges(g['teacher_ends'], names_t)} of {self.L_t} layers, student groups ({split} split"
+                + (f", {' and '.join(anchored)} anchored" if anchored else "")
+                + f") {ranges(g['student_ends'], names_s)} "
+                f"of {self.L_s}; objective J={g['objective']:.4f}; J(1..{len(g['dp_objective_curve'])})="
+                + ", ".join(f"{v:.3f}" for v in g["dp_objective_curve"]))
 
     def _set_groups(self, s_ends, t_ends) -> None:
         n = len(t_ends)
-        self.s_groups = [range(a, b) for a, b in zip([0] + list(s_ends[:-1]), s_ends)]
-        self.t_groups = [range(a, b) for a, b in zip([0] + list(t_ends[:-1]), t_ends)]
+        self.s_groups = groups_from_ends(s_ends)
+        self.t_groups = groups_from_ends(t_ends)
         spec = str(self.opt.cka_group_weights)
         if spec == "uniform":
             w = [1.0] * n
@@ -228,9 +331,10 @@ class CKAGroup(Distiller):
         mask = torch.zeros(n, self.L_s, self.L_t)
         for i, (sg, tg) in enumerate(zip(self.s_groups, self.t_groups)):
             mask[i, sg.start:sg.stop, tg.start:tg.stop] = 1.0
-        self.register_buffer("_mask", mask.to(self._epoch_sum.device), persistent=False)
-        self.register_buffer("_w", torch.tensor(self.weights, device=self._epoch_sum.device), persistent=False)
-        self._group_sum = torch.zeros(n, device=self._epoch_sum.device)
+        device = self._group_sum.device
+        self.register_buffer("_mask", mask.to(device), persistent=False)
+        self.register_buffer("_w", torch.tensor(self.weights, device=device), persistent=False)
+        self._group_sum = torch.zeros(n, device=device)
 
     # ---- loss ----------------------------------------------------------------------------------
     def cka(self, s_layers, t_layers) -> torch.Tensor:
@@ -259,28 +363,86 @@ class CKAGroup(Distiller):
         c = self.cka(s.layers, t.layers)
         per_group = self.group_cka(c)
         with torch.no_grad():
-            self._epoch_sum += c.detach()
             self._group_sum = self._group_sum + per_group.detach()
             self._epoch_batches += 1
         return (self._w * (1.0 - per_group)).sum()
 
     # ---- diagnostics ---------------------------------------------------------------------------
+    def _snapshot_epochs(self) -> dict:
+        """Epochs whose measured matrix is kept: the middle and the end of training."""
+        epochs = getattr(self.opt, "epochs", None)
+        if not epochs:
+            return {}
+        out = {(epochs + 1) // 2: f"middle (epoch {(epochs + 1) // 2})"} if epochs > 1 else {}
+        out[epochs] = f"end (epoch {epochs})"
+        return out
+
+    @torch.no_grad()
+    def _measure(self, epoch: int, label: str | None, keep_matrix: bool) -> dict:
+        """The student x teacher CKA matrix on the plain images (the teacher matrix's estimator and images)
+        and its group CKAs; recorded in ``measurements`` (matrix kept for the start, middle and end)."""
+        if self._plain_images is None:
+            refuse("cka_group's CKA figures need un-augmented training images, but this data pipeline offers "
+                   "none: pass --cka_log_every 0")
+        from helper.forward import eager_unless  # here: helper.forward imports distiller_zoo
+        with eager_unless(False, self.opt):  # compiled models run eagerly here: no graph for these batches
+            out = layer_cka(self._model_t[0], self._plain_images(self.images), self.pool, self._model_s[0],
+                            rec_t=self._rec_t, rec_s=self._rec_s)
+        c = out["student_x_teacher"]
+        per = block_cka(c, self.grouping["student_ends"], self.grouping["teacher_ends"], self.reduce)
+        rec = {"epoch": epoch, "label": label, "group_cka": [round(v, 6) for v in per],
+               "weighted_mean": round(float(np.dot(self.weights, per)), 6), "student_x_teacher": _round(c)}
+        self.measurements = [m for m in self.measurements if m["epoch"] != epoch]
+        self.measurements.append(rec)
+        shown = dict(rec)
+        if not keep_matrix:
+            rec["student_x_teacher"] = None
+        return shown
+
+    def _draw(self, writer, epoch: int, current: dict | None = None) -> None:
+        """Figure of the teacher's matrix and the kept student x teacher matrices (and ``current``):
+        cka_matrices.png and .json in the run folder, an image in TensorBoard."""
+        g = self.grouping
+        kept = [m for m in sorted(self.measurements, key=lambda m: m["epoch"]) if m["student_x_teacher"] is not None]
+        panels = [(m["label"], m["student_x_teacher"]) for m in kept]
+        if current is not None and current["student_x_teacher"] is not None and current["label"] is None:
+            panels.append((f"epoch {epoch}", current["student_x_teacher"]))
+        title = (f"{getattr(self.opt, 'model_t', 'teacher')} -> {getattr(self.opt, 'model_s', 'student')}: cka_group, "
+                 f"n={g['n_groups']}, {g['grouping']} grouping, {g.get('student_split', 'even')} student split "
+                 f"(group blocks in red; {g['images']} plain images, maps pooled to {self.pool or 'none'})")
+        names = g.get("teacher_layers", self.names_t), g.get("student_layers", self.names_s)
+        rgb = figure_rgb(cka_figure(g["teacher_cka"], g["teacher_ends"], panels, g["student_ends"], *names, title))
+        if self.save_folder:
+            write_png(rgb, os.path.join(self.save_folder, "cka_matrices.png"))
+            tmp = os.path.join(self.save_folder, ".cka_matrices.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump({"teacher_layers": self.names_t, "student_layers": self.names_s,
+                           "teacher_ends": g["teacher_ends"], "student_ends": g["student_ends"],
+                           "reduce": self.reduce, "pool": self.pool, "images": g["images"],
+                           "estimator": "unbiased minibatch (Nguyen et al. 2021), eval mode, plain training images",
+                           "teacher_cka": g["teacher_cka"],
+                           "measurements": sorted(self.measurements, key=lambda m: m["epoch"])}, f, indent=1)
+            os.replace(tmp, os.path.join(self.save_folder, "cka_matrices.json"))
+        if writer is not None:
+            writer.add_image("cka_group/matrices", rgb, epoch, dataformats="HWC")
+
     def log_tensorboard(self, writer, epoch: int) -> None:
-        if self._epoch_batches == 0:
+        if self._epoch_batches and writer is not None:
+            mean_group = (self._group_sum / self._epoch_batches).tolist()
+            for i, v in enumerate(mean_group):
+                writer.add_scalar(f"cka_group/group_{i}", v, epoch)
+            writer.add_scalar("cka_group/diag_mean", float(np.dot(self.weights, mean_group)), epoch)
+        self._reset_epoch_stats()  # every rank, written or not
+        snaps = self._snapshot_epochs()
+        due = self.log_every and (epoch % self.log_every == 0 or epoch in snaps)
+        if not due or not dist_util.is_main():
             return
-        if writer is None:  # ranks other than 0: nothing to write, only the reset below
-            self._reset_epoch_stats()
-            return
-        mean_group = (self._group_sum / self._epoch_batches).tolist()
-        for i, v in enumerate(mean_group):
-            writer.add_scalar(f"cka_group/group_{i}", v, epoch)
-        mean_c = (self._epoch_sum / self._epoch_batches).cpu().numpy()
-        writer.add_scalar("cka_group/diag_mean", float(np.dot(self.weights, mean_group)), epoch)
-        if self.log_every and (epoch % self.log_every == 0 or epoch == 1):
-            writer.add_image("cka_group/student_x_teacher", _heatmap(mean_c), epoch, dataformats="CHW")
-        self._reset_epoch_stats()
+        m = self._measure(epoch, snaps.get(epoch), keep_matrix=epoch in snaps)
+        if writer is not None:
+            for i, v in enumerate(m["group_cka"]):
+                writer.add_scalar(f"cka_group/measured_group_{i}", v, epoch)
+        self._draw(writer, epoch, m)
 
     def _reset_epoch_stats(self) -> None:
-        self._epoch_sum.zero_()
         self._group_sum = torch.zeros_like(self._group_sum)
         self._epoch_batches = 0

@@ -208,7 +208,8 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False,
                eps: float = DEFAULT_EPS) -> torch.Tensor:
     """Linear CKA of x (B, ...) and y (B, ...), each flattened per example; a differentiable 0-d tensor.
 
-    Biased: in [0, 1], with an offset ~ D/(B+D) for unrelated high-dimensional features (cka.md 2.4).
+    Biased: in [0, 1], with an offset for unrelated high-dimensional features: about D/(B+D) for
+    independent isotropic D-dimensional features on both sides (ratio of Wishart expectations).
     Unbiased (debiased CKA, B >= 4): in [-1, 1], ~0 for unrelated features; still a ratio, so
     not an unbiased estimate of population CKA.
     """
@@ -342,7 +343,7 @@ class MinibatchCKA:
 # ----------------------------------------------------------------------------- preprocessing
 
 def pool_features(f: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Adaptive-average-pool a (B, C, H, W) map to at most (B, C, size, size) (cka.md 1.4c).
+    """Adaptive-average-pool a (B, C, H, W) map to at most (B, C, size, size), then the caller flattens it.
 
     Puts layers of different resolutions on a common grid and bounds D = C*size^2, which shrinks
     the biased estimator's offset and the Gram cost. Other shapes, size=None and maps already

@@ -8,8 +8,11 @@ maximising the contiguous kernel k-means objective (kernel change-point detectio
 
     J = sum_g (1/|g|) * sum_{i,j in g} S_ij,
 
-which equals trace(S) minus the within-group kernel scatter. The student is split evenly
-(numpy.array_split sizes). `uniform_groups` and `random_groups` are the teacher ablations.
+which equals trace(S) minus the within-group kernel scatter. `uniform_groups` and `random_groups` are
+the teacher ablations. The student's layers are cut into as many groups by one of `STUDENT_SPLITS`
+(`student_split`): evenly (numpy.array_split sizes, the default), at the teacher's relative depths
+(`proportional_split`), or with the stem / embedding anchored to a teacher group that is the stem /
+embedding alone (`anchored_split`).
 
 All arithmetic is float64 NumPy; inputs may be NumPy arrays, nested lists or torch tensors.
 """
@@ -24,8 +27,9 @@ import numpy as np
 from helper.errors import ConfigError
 
 __all__ = [
-    "contiguous_groups", "group_objective", "grouping_objective_curve", "choose_n_groups",
+    "contiguous_groups", "group_objective", "grouping_objective_curve", "choose_n_groups", "knee_n_groups",
     "even_split", "uniform_groups", "random_groups", "groups_from_ends", "check_ends",
+    "STUDENT_SPLITS", "proportional_split", "anchored_split", "student_split", "block_cka",
 ]
 
 _TIE_TOL = 1e-10  # relative tolerance for ties in the DP reconstruction
@@ -163,8 +167,9 @@ def group_objective(sim, ends: Sequence[int]) -> float:
 def grouping_objective_curve(sim, n_max: int | None = None) -> np.ndarray:
     """Optimal J(k) for k = 1..n_max (entry k-1) from one DP run; n_max defaults to L.
 
-    J(1) is the mean of all of S, J(L) = trace(S) (= L for a CKA matrix); for a PSD S such as
-    a linear CKA matrix J is non-decreasing in k.
+    J(1) = sum(S) / L (the sum of every entry divided by L, i.e. L times the mean of S), and
+    J(L) = trace(S) (= L for a CKA matrix); for a PSD S such as a linear CKA matrix J is
+    non-decreasing in k.
     """
     s = _as_similarity(sim)
     n_max = s.shape[0] if n_max is None else _check_n(n_max, s.shape[0], "n_max")
@@ -186,10 +191,14 @@ def choose_n_groups(sim, n_max: int | None = None, rule: str = "knee", tau: floa
     * ``rule="threshold"``: the smallest n with R(n) >= tau.
 
     Why the knee by default: R(n) counts the scatter left *inside* a true block as unexplained,
-    so the threshold's answer depends on how tight the blocks are. On cka.md 5.3's example
-    (elbow at 2) tau=0.9 returns 4 of 6 layers, and three blocks of within-CKA 0.7 need tau below
-    0.67 to be found, whereas the knee returns 2 and 3. When J(1) == J(L) (every pair as similar
-    as a layer to itself) nothing can be gained by splitting and the answer is 1.
+    so the threshold's answer depends on how tight the blocks are. On the 6-layer example of
+    tests/test_grouping.py (two blocks, layers 0-2 and 3-5) tau=0.9 returns 4, and three blocks of
+    within-CKA 0.7 need tau below 0.67 to be found, whereas the knee returns 2 and 3. When
+    J(1) == J(L) (every pair as similar as a layer to itself) nothing can be gained by splitting and
+    the answer is 1.
+
+    The knee is searched on the whole curve J(1..L) and then restricted to n <= n_max, so a cap
+    below the unrestricted knee decides the answer: `knee_n_groups` says when it did.
     """
     s = _as_similarity(sim)
     num_layers = s.shape[0]
@@ -215,6 +224,15 @@ def choose_n_groups(sim, n_max: int | None = None, rule: str = "knee", tau: floa
     if best <= 1e-12:
         return 1
     return int(np.flatnonzero(excess >= best - 1e-12)[0]) + 1
+
+
+def knee_n_groups(sim, n_max: int) -> tuple[int, int]:
+    """(n, unrestricted knee): the knee of ``choose_n_groups`` with and without the cap n <= n_max.
+
+    The two differ exactly when the knee of the whole curve lies beyond n_max; then the cap, not the
+    curve, decided n (the answer is the best n <= n_max on the same criterion).
+    """
+    return choose_n_groups(sim, n_max=n_max), choose_n_groups(sim)
 
 
 # ----------------------------------------------------------------------------- other splits
@@ -248,3 +266,78 @@ def random_groups(num_layers: int, n: int, seed: int | np.random.Generator | Non
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     cuts = np.sort(rng.choice(num_layers - 1, size=n - 1, replace=False) + 1) if n > 1 else []
     return [int(c) for c in cuts] + [num_layers]
+
+
+# ----------------------------------------------------------------------------- student splits
+
+STUDENT_SPLITS = ("even", "proportional", "anchored")
+
+
+def proportional_split(num_layers: int, teacher_ends: Sequence[int], teacher_layers: int) -> list[int]:
+    """Student ends at the teacher's relative depths: cut i at round(e_i * L_s / L_t).
+
+    Rounding is half up (floor(x + 1/2), in exact integer arithmetic). Every group must be non-empty,
+    so each cut is then moved, left to right, into [previous cut + 1, L_s - (groups still to come)].
+    With the teacher ends [1, 8, 11] of 11 layers and a 5-layer student: 5/11 -> 0 -> 1 (non-empty),
+    40/11 = 3.64 -> 4: ends [1, 4, 5].
+    """
+    t_ends = check_ends(teacher_ends, teacher_layers)
+    num_layers = _as_count(num_layers, "the number of layers")
+    n = _check_n(len(t_ends), num_layers, "the number of groups")
+    ends, prev = [], 0
+    for i, e in enumerate(t_ends[:-1]):
+        cut = (2 * e * num_layers + teacher_layers) // (2 * teacher_layers)
+        cut = min(max(cut, prev + 1), num_layers - (n - 1 - i))
+        ends.append(cut)
+        prev = cut
+    return ends + [num_layers]
+
+
+def anchored_split(num_layers: int, teacher_ends: Sequence[int], teacher_layers: int) -> tuple[list[int], list[str]]:
+    """Student ends with the stem and the embedding anchored; returns (ends, anchored names).
+
+    The stem is layer 0 and the embedding the last layer (the pooled features). If the teacher's
+    first group is its stem alone, the student's first group is its stem alone; if the teacher's last
+    group is its embedding alone, the student's last group is its embedding alone. The student's other
+    layers are split evenly (`even_split`) among the other groups. With no such teacher group the
+    result is the even split. Anchoring both ends needs a third group to take the layers between
+    them: when n = 2 and both teacher groups are single layers (L_t = 2) only the stem is anchored.
+    Teacher [1, 8, 11] of 11 layers, 5-layer student: stem anchored, 4 layers into 2 groups: [1, 3, 5].
+    """
+    t_ends = check_ends(teacher_ends, teacher_layers)
+    num_layers = _as_count(num_layers, "the number of layers")
+    n = _check_n(len(t_ends), num_layers, "the number of groups")
+    stem = n >= 2 and t_ends[0] == 1
+    emb = n >= 2 and t_ends[-2] == teacher_layers - 1 and n - stem >= 2
+    first, last = int(stem), num_layers - int(emb)
+    middle = even_split(last - first, n - stem - emb)
+    ends = ([1] if stem else []) + [first + e for e in middle] + ([num_layers] if emb else [])
+    return ends, ["stem"] * stem + ["embedding"] * emb
+
+
+def student_split(kind: str, num_layers: int, teacher_ends: Sequence[int],
+                  teacher_layers: int) -> tuple[list[int], list[str]]:
+    """The student's group ends for ``--cka_student_split kind`` and the layers it anchored."""
+    if kind == "even":
+        return even_split(num_layers, len(teacher_ends)), []
+    if kind == "proportional":
+        return proportional_split(num_layers, teacher_ends, teacher_layers), []
+    if kind == "anchored":
+        return anchored_split(num_layers, teacher_ends, teacher_layers)
+    raise ConfigError(f"unknown student split {kind!r}; choose one of: {', '.join(STUDENT_SPLITS)}")
+
+
+def block_cka(c, s_ends: Sequence[int], t_ends: Sequence[int], reduce: str = "mean") -> list[float]:
+    """Representative CKA of each matched group: reduce (mean, max, min) of the (student group i x
+    teacher group i) block of an (L_s, L_t) CKA matrix ``c``; what the cka_group loss maximises."""
+    c = np.asarray(c.detach().cpu().double().numpy() if hasattr(c, "detach") else c, dtype=np.float64)
+    if c.ndim != 2:
+        raise ConfigError(f"a student x teacher CKA matrix must be 2-D (L_s, L_t), got shape {c.shape}")
+    s_ends, t_ends = check_ends(s_ends, c.shape[0]), check_ends(t_ends, c.shape[1])
+    if len(s_ends) != len(t_ends):
+        raise ConfigError(f"student and teacher have {len(s_ends)} and {len(t_ends)} groups: they must match")
+    if reduce not in ("mean", "max", "min"):
+        raise ConfigError(f"unknown reduction {reduce!r}; use mean, max or min")
+    f = getattr(np, reduce)
+    pairs = zip(groups_from_ends(s_ends), groups_from_ends(t_ends))
+    return [float(f(c[a.start:a.stop, b.start:b.stop])) for a, b in pairs]

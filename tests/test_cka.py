@@ -1,8 +1,9 @@
 """Tests of helper/cka.py against closed forms, reference values and independent formulas.
 
-Recipes T1-T7 and T10 of shared/research/cka.md section 2.5. Reference formulas (feature-form CKA,
-explicit centring matrix H, Song's unbiased HSIC) are written here in NumPy float64, independently
-of the library code.
+Closed forms (invariances, identical and independent inputs), reference values of the CKA colab of
+Kornblith et al. (2019) and numerical edge cases (fp16/bf16, constant features, small batches).
+Reference formulas (feature-form CKA, explicit centring matrix H, Song's unbiased HSIC) are written
+here in NumPy float64, independently of the library code.
 """
 
 import math
@@ -75,7 +76,7 @@ def random_orthogonal(d, seed):
     return q
 
 
-# ----------------------------------------------------------------------------- T1, T2: values
+# ----------------------------------------------------------------------------- values
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kornblith_colab_reference_values(dtype):
@@ -133,7 +134,7 @@ def test_whitened_closed_forms(dtype):
     assert linear_cka(x.to(dtype), (x @ a).to(dtype)).item() == pytest.approx(expected, abs=TOL[dtype])
 
 
-# ----------------------------------------------------------------------------- T3: invariances
+# ----------------------------------------------------------------------------- invariances
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("unbiased", [False, True])
@@ -184,7 +185,7 @@ def test_unbiased_hsic_equals_song_formula(n):
         k, l = np_feats(x) @ np_feats(x).T, np_feats(y) @ np_feats(y).T
         want = song_hsic1(k, l)
         assert hsic(x, y, unbiased=True).item() == pytest.approx(want, rel=1e-10, abs=1e-12)
-        # T10: self-HSIC_1 is a sum of squares, never negative
+        # self-HSIC_1 is a sum of squares, never negative
         assert hsic(x, x, unbiased=True).item() >= 0.0
         assert song_hsic1(k, k) == pytest.approx(hsic(x, x, unbiased=True).item(), rel=1e-10)
         # debiased CKA from Song's formula
@@ -208,7 +209,7 @@ def test_biased_hsic_and_centring_match_explicit_h():
     assert g.shape == (n * n,) and g.norm().item() == pytest.approx(1.0, abs=1e-12)
 
 
-# ----------------------------------------------------------------------------- T4: forms agree
+# ----------------------------------------------------------------------------- forms agree
 
 def layer_set(seed, b=48):
     g = torch.Generator().manual_seed(seed)
@@ -256,7 +257,7 @@ def test_cka_matrix_gradient_flows_only_to_inputs_that_need_it():
         cka_matrix(a, [torch.randn(7, 3)])
 
 
-# ----------------------------------------------------------------------------- T5: bias
+# ----------------------------------------------------------------------------- bias
 
 def test_estimator_bias_on_independent_gaussians():
     b, d, trials = 64, 64, 20
@@ -271,7 +272,7 @@ def test_estimator_bias_on_independent_gaussians():
     assert u.std() < 0.05  # the unbiased estimator is close to 0, not to 0.5
 
 
-# ----------------------------------------------------------------------------- T6: degenerate
+# ----------------------------------------------------------------------------- degenerate
 
 def value_and_grad(x, y, **kw):
     x = x.clone().requires_grad_(True)
@@ -345,7 +346,7 @@ def test_too_small_batch_for_unbiased_raises():
         linear_cka(gaussian(5, 2, seed=1), gaussian(6, 2, seed=1))
 
 
-# ----------------------------------------------------------------------------- T7: autograd
+# ----------------------------------------------------------------------------- autograd
 
 @pytest.mark.parametrize("b", [4, 8])
 @pytest.mark.parametrize("unbiased", [False, True])

@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from distiller_zoo import Batch, BuildContext, Outputs, build_distiller, get_distiller_class
 from helper.errors import ConfigError
+from helper.cka_diagnostics import group_cka
 from models import model_dict
 from models.layers import LayerRecorder
 
@@ -27,7 +27,7 @@ def make_opt(**over):
     p = argparse.ArgumentParser()
     get_distiller_class("cka_group").add_arguments(p)
     opt = p.parse_args([])
-    for k, v in dict(seed=0, world_size=1, save_folder=None, kd_T=4.0).items():
+    for k, v in dict(seed=0, world_size=1, save_folder=None, kd_T=4.0, cka_log_every=0, epochs=4).items():
         setattr(opt, k, v)
     for k, v in over.items():
         setattr(opt, k, v)
@@ -38,10 +38,12 @@ def probe(shapes):
     return Outputs(logits=torch.zeros(2, 5), layers=[torch.zeros(2, *s) for s in shapes])
 
 
-def build(s_shapes=S_SHAPES, t_shapes=T_SHAPES, batch=B, model_t=None, images=None, **over):
+def build(s_shapes=S_SHAPES, t_shapes=T_SHAPES, batch=B, model_t=None, images=None, model_s=None, cache=None,
+          **over):
     ctx = BuildContext(opt=make_opt(**over), s_probe=probe(s_shapes), t_probe=probe(t_shapes),
-                       model_s=torch.nn.Identity(), model_t=model_t or torch.nn.Identity(), num_classes=5,
-                       n_train=100, local_batch_size=batch, plain_train_images=images)
+                       model_s=model_s or torch.nn.Identity(), model_t=model_t or torch.nn.Identity(), num_classes=5,
+                       n_train=100, local_batch_size=batch, plain_train_images=images,
+                       cache={} if cache is None else cache)
     return build_distiller("cka_group", ctx)
 
 
@@ -248,6 +250,11 @@ def test_grouping_is_saved_in_the_state_dict_and_reused_without_the_teacher():
     ({}, 3, "needs at least 4"),
     ({"cka_groups": "9"}, B, "between 1 and"),
     ({"cka_groups": "two"}, B, "integer or 'auto'"),
+    ({"kd_mode": "self"}, B, "kd_mode self: it groups the teacher's layers once"),
+    ({"kd_mode": "online"}, B, r"kd_mode online: .* \(a peer that trains too\)"),
+    ({"cka_images": 3}, B, "--cka_images 3: .* at least 4 images"),
+    ({"cka_estimator": "biased", "cka_images": 2}, 3, "--cka_images 2"),
+    ({"cka_log_every": -1}, B, "--cka_log_every -1"),
 ])
 def test_refusals_at_build(over, batch, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -268,7 +275,7 @@ class FakeWriter:
         self.scalars[tag] = value
 
     def add_image(self, tag, img, step, dataformats):
-        self.images.append((tag, img.shape, dataformats))
+        self.images.append((tag, img.shape, step, dataformats))
 
 
 def test_epoch_diagnostics_are_means_of_the_batches_and_reset_on_every_rank():
@@ -280,8 +287,206 @@ def test_epoch_diagnostics_are_means_of_the_batches_and_reset_on_every_rank():
     d.log_tensorboard(w, 1)
     groups = [w.scalars[f"cka_group/group_{i}"] for i in range(3)]
     assert np.mean([1 - v for v in groups]) == pytest.approx(np.mean(losses), abs=1e-5)
-    assert w.images and w.images[0][2] == "CHW" and w.images[0][1][0] == 3
-    assert d._epoch_batches == 0 and d._epoch_sum.abs().sum() == 0
+    assert w.scalars["cka_group/diag_mean"] == pytest.approx(np.mean(groups), abs=1e-6)
+    assert d._epoch_batches == 0 and d._group_sum.abs().sum() == 0
     run(3)
     d.log_tensorboard(None, 2)   # a rank that writes nothing still starts the next epoch from zero
-    assert d._epoch_batches == 0 and d._epoch_sum.abs().sum() == 0 and d._group_sum.abs().sum() == 0
+    assert d._epoch_batches == 0 and d._group_sum.abs().sum() == 0
+
+
+def test_a_batch_of_3_with_the_biased_loss_groups_on_batches_of_at_least_4():
+    """The loss accepts batches of 3 (biased estimator); the grouping pass (unbiased, B >= 4) merges the
+    image batches of 3 into [6, 6, 6, 4] (the last single image joins the last batch) instead of failing."""
+    model_t, _, t_shapes = teacher_and_images()
+    data = torch.randn(22, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    images = lambda n: [data[i:i + 3] for i in range(0, min(n, 22), 3)]  # noqa: E731  (3, ..., 3, 1)
+    d = build(s_shapes=S_SHAPES, t_shapes=t_shapes, batch=3, model_t=model_t, images=images,
+              cka_estimator="biased", cka_groups="2", cka_images=22)
+    d.prepare(log=lambda *_: None)
+    assert d.grouping["images"] == 22
+    # the unbiased minibatch formula (sums of HSIC_1 over batches, divided once) on those batches
+    cross, rec = 0, LayerRecorder(model_t)
+    for chunk in (data[0:6], data[6:12], data[12:18], data[18:22]):
+        with rec, torch.no_grad():
+            model_t(chunk)
+        grams = [x @ x.T for x in (ref_pool(f) for f in rec.layers)]
+        cross = cross + np.array([[hsic_unbiased(a, b) for b in grams] for a in grams])
+    rec.remove()
+    expected = cross / np.sqrt(np.outer(np.diag(cross), np.diag(cross)))
+    assert np.allclose(d.grouping["teacher_cka"], expected, atol=2e-5)
+
+
+def planted(sizes, within=0.95, between=0.1):
+    s = np.full((sum(sizes), sum(sizes)), between)
+    for a, b in zip(np.cumsum([0] + sizes[:-1]), np.cumsum(sizes)):
+        s[a:b, a:b] = within
+    np.fill_diagonal(s, 1.0)
+    return s
+
+
+def with_matrix(d, sim):
+    """Hand the grouping pass a teacher matrix (what teacher_similarity would have measured)."""
+    names = [f"t{i}" for i in range(len(sim))]
+    d.teacher_similarity = lambda: {"teacher": np.asarray(sim), "teacher_layers": names, "images": 100}
+    return d
+
+
+def test_auto_n_says_when_the_cap_decided_it(tmp_path):
+    sim = planted([2, 2, 2])  # 6 teacher layers in 3 clear blocks: the knee of the whole curve is 3
+    msgs = []
+    d = with_matrix(build(s_shapes=S_SHAPES[:2], save_folder=str(tmp_path)), sim)  # 2 student layers: n <= 2
+    d.prepare(log=msgs.append)
+    g = json.load(open(tmp_path / "cka_grouping.json"))
+    assert (g["n_groups"], g["n_max"], g["n_capped"], g["n_knee_uncapped"]) == (2, 2, True, 3)
+    assert "knee capped at min(L_s, L_t) = 2: the whole curve's knee is 3, so the cap decided n" in msgs[0]
+    d = with_matrix(build(), sim)   # 5 student layers: the knee decides
+    d.prepare(log=msgs.append)
+    assert (d.grouping["n_groups"], d.grouping["n_capped"], d.grouping["n_knee_uncapped"]) == (3, False, 3)
+    assert "capped" not in msgs[1] and "n=3 (knee)" in msgs[1]
+    d = with_matrix(build(cka_groups="2"), sim)
+    d.prepare(log=msgs.append)
+    assert (d.grouping["n_capped"], d.grouping["n_knee_uncapped"]) == (False, None)
+
+
+# RESULTS.md's resnet20 teacher matrix (Fashion-MNIST, 1,000 images): the DP with n = 3 cuts it [1, 8, 11]
+RESNET20_CKA = """1.00 0.89 0.83 0.82 0.81 0.81 0.80 0.77 0.69 0.61 0.59
+0.89 1.00 0.98 0.97 0.95 0.95 0.94 0.91 0.81 0.73 0.70
+0.83 0.98 1.00 0.99 0.97 0.96 0.95 0.92 0.83 0.74 0.70
+0.82 0.97 0.99 1.00 0.98 0.96 0.95 0.93 0.83 0.76 0.72
+0.81 0.95 0.97 0.98 1.00 0.98 0.96 0.94 0.86 0.78 0.74
+0.81 0.95 0.96 0.96 0.98 1.00 0.99 0.96 0.87 0.79 0.75
+0.80 0.94 0.95 0.95 0.96 0.99 1.00 0.97 0.89 0.81 0.77
+0.77 0.91 0.92 0.93 0.94 0.96 0.97 1.00 0.95 0.88 0.84
+0.69 0.81 0.83 0.83 0.86 0.87 0.89 0.95 1.00 0.96 0.92
+0.61 0.73 0.74 0.76 0.78 0.79 0.81 0.88 0.96 1.00 0.98
+0.59 0.70 0.70 0.72 0.74 0.75 0.77 0.84 0.92 0.98 1.00"""
+
+
+@pytest.mark.parametrize("split,s_ends,s_groups,anchored", [
+    ("even", [2, 4, 5], [["tap_stem", "layer1.0"], ["layer2.0", "layer3.0"], ["tap_pool"]], []),
+    ("proportional", [1, 4, 5], [["tap_stem"], ["layer1.0", "layer2.0", "layer3.0"], ["tap_pool"]], []),
+    ("anchored", [1, 3, 5], [["tap_stem"], ["layer1.0", "layer2.0"], ["layer3.0", "tap_pool"]], ["stem"]),
+])
+def test_student_splits_of_resnet8_against_the_resnet20_groups(tmp_path, split, s_ends, s_groups, anchored):
+    sim = np.array([[float(v) for v in line.split()] for line in RESNET20_CKA.splitlines()])
+    model_t, model_s = model_dict["resnet20"](num_classes=5), model_dict["resnet8"](num_classes=5)
+    d = build(s_shapes=[(1,)] * 5, t_shapes=[(1,)] * 11, model_t=model_t, model_s=model_s, cka_groups="3",
+              cka_student_split=split, save_folder=str(tmp_path))
+    d.teacher_similarity = lambda: {"teacher": sim, "teacher_layers": model_t.layer_names(), "images": 1000}
+    msgs = []
+    d.prepare(log=msgs.append)
+    g = json.load(open(tmp_path / "cka_grouping.json"))
+    assert g["teacher_ends"] == [1, 8, 11] and g["student_ends"] == s_ends
+    assert (g["student_split"], g["student_anchored"]) == (split, anchored)
+    assert g["teacher_layers"] == model_t.layer_names() and g["student_layers"] == model_s.layer_names()
+    assert g["student_groups"] == s_groups
+    assert g["teacher_groups"] == [["tap_stem"], model_t.layer_names()[1:8], ["layer3.1", "layer3.2", "tap_pool"]]
+    assert "teacher groups [tap_stem | layer1.0..layer3.0 | layer3.1..tap_pool]" in msgs[0]
+    assert f"student groups ({split} split" + (", stem anchored)" if anchored else ")") in msgs[0]
+    assert [list(r) for r in d.s_groups] == [list(range(a, b)) for a, b in zip([0] + s_ends[:-1], s_ends)]
+
+
+def test_anchored_split_without_a_single_layer_end_group_is_the_even_split_and_says_so():
+    d = with_matrix(build(cka_student_split="anchored", cka_groups="2"), planted([3, 3]))
+    msgs = []
+    d.prepare(log=msgs.append)
+    assert d.grouping["teacher_ends"] == [3, 6] and d.grouping["student_ends"] == [3, 5]
+    assert d.grouping["student_anchored"] == []
+    assert "(anchored split: no teacher group is the stem or the embedding alone, so the even split)" in msgs[0]
+
+
+class Stub(torch.nn.Sequential):
+    """A model of n parameter-free layers with names: what the distiller reads of a model's structure."""
+
+    def __init__(self, n):
+        super().__init__(*[torch.nn.Identity() for _ in range(n)])
+
+    def layer_names(self):
+        return [str(i) for i in range(len(self))]
+
+
+def test_a_restored_grouping_must_fit_the_models_and_the_options():
+    good = {"n_groups": 3, "n_rule": "given", "grouping": "dp", "teacher_ends": [1, 3, 6], "student_ends": [2, 4, 5],
+            "objective": 0.0, "dp_objective_curve": [0.0], "teacher_cka": np.eye(6).tolist(), "images": 10}
+    for over, state, needle in [
+        ({"cka_student_split": "proportional"}, {}, "--cka_student_split even, this run asks for proportional"),
+        ({"cka_grouping": "uniform"}, {}, "--cka_grouping dp, this run asks for uniform"),
+        ({"cka_groups": "2"}, {}, "--cka_groups 3, this run asks for 2"),
+        ({}, {"student_ends": [2, 4, 7]}, "does not fit a 5-layer student and a 6-layer teacher"),
+        ({}, {"teacher_ends": "x"}, "does not fit"),
+        ({}, {"student_ends": [5]}, "does not fit"),
+        ({}, {"objective": None}, "or is damaged"),
+        ({"cka_log_every": 1}, {"teacher_cka": [[1.0]]}, "or is damaged"),
+        ({"cka_log_every": 1}, {"measurements": [{"epoch": 0, "group_cka": [0.1] * 3, "student_x_teacher": [[0]]}]},
+         "or is damaged"),
+    ]:
+        d = build(model_s=Stub(5), model_t=Stub(6), **over)
+        d.set_extra_state({**good, **state})
+        with pytest.raises(ConfigError, match=needle):
+            d.prepare(log=lambda *_: None)
+    d = build(cka_student_split="anchored")
+    d.set_extra_state({**good, "student_split": "anchored"})
+    d.prepare(log=lambda *_: None)   # the same options: restored
+    assert d.grouping["student_split"] == "anchored"
+
+
+def test_students_of_one_teacher_share_its_matrix_through_the_cache():
+    model_t, images, t_shapes = teacher_and_images()
+    calls = []
+
+    def counted(n):
+        calls.append(n)
+        return images(n)
+    cache = {}
+    kw = dict(t_shapes=t_shapes, batch=8, model_t=model_t, images=counted, cka_images=24)
+    first = build(s_shapes=S_SHAPES, cache=cache, cka_groups="2", **kw)
+    second = build(s_shapes=S_SHAPES[:3], cache=cache, cka_groups="3", cka_student_split="proportional", **kw)
+    for d in (first, second):
+        d.prepare(log=lambda *_: None)
+    assert len(calls) == 1 and first.grouping["teacher_cka"] == second.grouping["teacher_cka"]
+    assert (first.grouping["n_groups"], second.grouping["n_groups"]) == (2, 3)
+    other_pool = build(s_shapes=S_SHAPES, cache=cache, cka_pool=2, **kw)
+    other_pool.prepare(log=lambda *_: None)
+    fewer = build(s_shapes=S_SHAPES, cache=cache, **{**kw, "cka_images": 16})
+    fewer.prepare(log=lambda *_: None)
+    alone = build(s_shapes=S_SHAPES, cache={}, **kw)   # a single run: its own cache, the same matrix
+    alone.prepare(log=lambda *_: None)
+    assert len(calls) == 4 and alone.grouping["teacher_cka"] == first.grouping["teacher_cka"]
+    assert other_pool.grouping["teacher_cka"] != first.grouping["teacher_cka"]
+
+
+def test_figures_measurements_and_json_of_a_run(tmp_path):
+    """Before training, every --cka_log_every epochs, at the middle and at the end: the student x teacher
+    matrix is measured (the measure of helper.cka_diagnostics.group_cka), drawn beside the teacher's and
+    written to the run folder (PNG, JSON with names) and TensorBoard; the kept matrices travel in the state."""
+    torch.manual_seed(0)
+    model_t, model_s = model_dict["resnet8"](num_classes=5).eval(), model_dict["resnet8"](num_classes=5)
+    data = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    images = lambda n: [data[:8], data[8:16]]  # noqa: E731
+    shapes = [tuple(f.shape[1:]) for f in model_s(data[:2], is_feat=True)[0]]  # 5 layers: the stage outputs
+    kw = dict(s_shapes=shapes, t_shapes=shapes, batch=8, model_t=model_t, model_s=model_s, images=images,
+              cka_images=16, cka_groups="2", cka_log_every=3, epochs=4)
+    d = build(save_folder=str(tmp_path), **kw)
+    d.prepare(log=lambda *_: None)
+    model_s.train()
+    w = FakeWriter()
+    for epoch in range(1, 5):
+        d.log_tensorboard(w, epoch)
+    assert model_s.training and not model_t.training   # modes restored after each measurement
+    m = json.load(open(tmp_path / "cka_matrices.json"))
+    assert [(x["epoch"], x["label"]) for x in m["measurements"]] == [
+        (0, "start (before training)"), (2, "middle (epoch 2)"), (3, None), (4, "end (epoch 4)")]
+    assert [x["student_x_teacher"] is not None for x in m["measurements"]] == [True, True, False, True]
+    assert m["teacher_layers"] == model_t.layer_names() and m["student_layers"] == model_s.layer_names()
+    ref = group_cka(model_t, model_s, d.grouping, images(16))   # nothing trained: every measurement is this one
+    for x in m["measurements"]:
+        assert x["group_cka"] == pytest.approx(ref["group_cka"], abs=1e-5)
+    assert np.allclose(m["measurements"][0]["student_x_teacher"], ref["student_x_teacher"], atol=1e-5)
+    png = (tmp_path / "cka_matrices.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert [(tag, step) for tag, _, step, _ in w.images] == [("cka_group/matrices", e) for e in (2, 3, 4)]
+    assert all(shape[2] == 3 and fmt == "HWC" for _, shape, _, fmt in w.images)
+    assert w.scalars["cka_group/measured_group_1"] == pytest.approx(ref["group_cka"][1], abs=1e-5)
+    again = build(**kw)
+    again.load_state_dict(d.state_dict())
+    assert again.measurements == d.measurements and "measurements" not in again.grouping

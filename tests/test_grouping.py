@@ -1,5 +1,6 @@
-"""Tests of helper/grouping.py: the DP against brute force (T8), cka.md 5.3's worked example (T9),
-tie-breaking, the even/uniform/random splits and the automatic group count."""
+"""Tests of helper/grouping.py: the DP against brute force, a worked 6-layer example (two blocks; J(n) and
+ends computed by hand), tie-breaking, the even/uniform/random/proportional/anchored splits, the automatic
+group count and its cap, and the group-block reduction."""
 
 import itertools
 import math
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from helper.grouping import (check_ends, choose_n_groups, contiguous_groups, even_split,
-                             group_objective, grouping_objective_curve, groups_from_ends,
-                             random_groups, uniform_groups)
+from helper.grouping import (anchored_split, block_cka, check_ends, choose_n_groups, contiguous_groups,
+                             even_split, group_objective, grouping_objective_curve, groups_from_ends,
+                             knee_n_groups, proportional_split, random_groups, student_split, uniform_groups)
 
 WORKED = [[1, .9, .8, .2, .1, .1], [.9, 1, .85, .25, .1, .1], [.8, .85, 1, .3, .2, .15],
           [.2, .25, .3, 1, .7, .6], [.1, .1, .2, .7, 1, .9], [.1, .1, .15, .6, .9, 1]]
@@ -61,7 +62,7 @@ def sizes_of(ends):
     return np.diff([0] + list(ends)).tolist()
 
 
-# ----------------------------------------------------------------------------- T8, T9
+# ----------------------------------------------------------------------------- the DP
 
 def test_dp_equals_brute_force():
     rng = np.random.default_rng(0)
@@ -156,6 +157,96 @@ def test_groups_from_ends_and_check_ends():
             check_ends(bad, 6)
 
 
+# ----------------------------------------------------------------------------- student splits
+
+# RESULTS.md's resnet20 teacher (11 layers) grouped [1, 8, 11] -- {stem}, {layer1.0 .. layer3.0},
+# {layer3.1, layer3.2, pool} -- with a resnet8 student (5 layers: stem, layer1.0, layer2.0, layer3.0, pool)
+RESNET20_GROUPS = [1, 8, 11]
+
+
+def test_student_splits_of_the_resnet20_resnet8_case():
+    assert even_split(5, 3) == [2, 4, 5]                     # {stem, 1.0}, {2.0, 3.0}, {pool}
+    # 1 * 5/11 = 0.45 -> 0, raised to 1 (non-empty); 8 * 5/11 = 3.64 -> 4
+    assert proportional_split(5, RESNET20_GROUPS, 11) == [1, 4, 5]
+    # stem alone in the teacher -> stem alone in the student; 4 layers evenly into 2 groups
+    assert anchored_split(5, RESNET20_GROUPS, 11) == ([1, 3, 5], ["stem"])
+    assert student_split("even", 5, RESNET20_GROUPS, 11) == ([2, 4, 5], [])
+    assert student_split("proportional", 5, RESNET20_GROUPS, 11) == ([1, 4, 5], [])
+    assert student_split("anchored", 5, RESNET20_GROUPS, 11) == ([1, 3, 5], ["stem"])
+    with pytest.raises(ValueError, match="even, proportional, anchored"):
+        student_split("deep", 5, RESNET20_GROUPS, 11)
+
+
+@pytest.mark.parametrize("num_layers,t_ends,t_layers,want", [
+    (5, [5, 10], 10, [3, 5]),                 # 2.5 rounds half up to 3 (banker's rounding would give 2)
+    (5, [1, 10], 10, [1, 5]),                 # 0.5 -> 1
+    (10, [1, 2, 3, 4, 5], 5, [2, 4, 6, 8, 10]),
+    (8, [3, 6], 6, [4, 8]),
+    (3, [9, 10, 11], 11, [1, 2, 3]),          # 2.45 -> 2 and 2.73 -> 3 collide: moved left to keep 3 groups
+    (17, [2, 9, 16, 17], 17, [2, 9, 16, 17]),  # same depth: the teacher's own cuts
+])
+def test_proportional_split_by_hand(num_layers, t_ends, t_layers, want):
+    assert proportional_split(num_layers, t_ends, t_layers) == want
+
+
+def test_proportional_split_is_the_rounded_depth_whenever_that_is_a_valid_split():
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        l_t, l_s = rng.integers(2, 30), rng.integers(2, 30)
+        n = int(rng.integers(1, min(l_t, l_s) + 1))
+        t = random_groups(int(l_t), n, rng)
+        ends = proportional_split(int(l_s), t, int(l_t))
+        assert check_ends(ends, l_s) == ends and len(ends) == n
+        rounded = [math.floor(e * l_s / l_t + 0.5) for e in t]
+        if all(b > a for a, b in zip([0] + rounded, rounded)):
+            assert ends == rounded
+
+
+@pytest.mark.parametrize("num_layers,t_ends,t_layers,want", [
+    (5, [1, 10, 11], 11, ([1, 4, 5], ["stem", "embedding"])),
+    (5, [3, 10, 11], 11, ([2, 4, 5], ["embedding"])),
+    (5, [3, 8, 11], 11, ([2, 4, 5], [])),            # no single-layer end group: the even split
+    (6, [1, 5, 6], 6, ([1, 5, 6], ["stem", "embedding"])),
+    (7, [1, 3, 7, 8], 8, ([1, 4, 6, 7], ["stem", "embedding"])),  # 5 middle layers into 2 groups: 3, 2
+    (4, [1, 2], 2, ([1, 4], ["stem"])),              # both teacher groups single: only the stem is anchored
+    (5, [11], 11, ([5], [])),
+])
+def test_anchored_split_by_hand(num_layers, t_ends, t_layers, want):
+    assert anchored_split(num_layers, t_ends, t_layers) == want
+
+
+def test_anchored_split_is_valid_everywhere():
+    rng = np.random.default_rng(6)
+    for _ in range(300):
+        l_t, l_s = int(rng.integers(1, 25)), int(rng.integers(1, 25))
+        n = int(rng.integers(1, min(l_t, l_s) + 1))
+        t = random_groups(l_t, n, rng)
+        ends, anchored = anchored_split(l_s, t, l_t)
+        assert check_ends(ends, l_s) == ends and len(ends) == n
+        if "stem" in anchored:
+            assert t[0] == 1 and ends[0] == 1
+        if "embedding" in anchored:
+            assert t[-2] == l_t - 1 and ends[-2] == l_s - 1
+        if not anchored:
+            assert ends == even_split(l_s, n)
+
+
+def test_block_cka_reduces_each_matched_block():
+    c = np.array([[0.1, 0.2, 0.3, 0.4],
+                  [0.5, 0.6, 0.7, 0.8],
+                  [0.9, 1.0, -0.1, -0.2]])
+    # student groups {0}, {1, 2}; teacher groups {0, 1}, {2, 3}
+    assert block_cka(c, [1, 3], [2, 4]) == pytest.approx([0.15, (0.7 + 0.8 - 0.1 - 0.2) / 4])
+    assert block_cka(c, [1, 3], [2, 4], "max") == pytest.approx([0.2, 0.8])
+    assert block_cka(torch.tensor(c), [1, 3], [2, 4], "min") == pytest.approx([0.1, -0.2])
+    with pytest.raises(ValueError, match="groups"):
+        block_cka(c, [3], [2, 4])
+    with pytest.raises(ValueError, match="invalid group ends"):
+        block_cka(c, [1, 2], [2, 4])
+    with pytest.raises(ValueError, match="reduction"):
+        block_cka(c, [1, 3], [2, 4], "median")
+
+
 # ----------------------------------------------------------------------------- automatic n
 
 def test_choose_n_groups_finds_block_count():
@@ -168,7 +259,7 @@ def test_choose_n_groups_finds_block_count():
         assert n == len(sizes), (sizes, within, between, n)
         assert contiguous_groups(s, n) == np.cumsum(sizes).tolist()
         assert choose_n_groups(torch.tensor(s)) == n
-    assert choose_n_groups(WORKED) == 2  # the elbow of cka.md 5.3
+    assert choose_n_groups(WORKED) == 2  # the elbow of the worked example
 
 
 def test_choose_n_groups_threshold_rule_and_edge_cases():
@@ -179,9 +270,10 @@ def test_choose_n_groups_threshold_rule_and_edge_cases():
         assert choose_n_groups(WORKED, rule="threshold", tau=tau) == want
     assert choose_n_groups(WORKED, rule="threshold", tau=0.9) == 4
     assert choose_n_groups(WORKED, rule="threshold", tau=0.7) == 2
-    # n_max caps the answer
+    # n_max caps the answer, and knee_n_groups says when the cap decided it
     s = blocks([2, 2, 2, 2, 2], 0.95, 0.1)
     assert choose_n_groups(s) == 5 and choose_n_groups(s, n_max=3) == 3
+    assert knee_n_groups(s, 3) == (3, 5) and knee_n_groups(s, 5) == (5, 5) and knee_n_groups(s, 8) == (5, 5)
     assert choose_n_groups(s, n_max=3, rule="threshold", tau=1.0) == 3
     # nothing to gain by splitting (J(1) == L), or no structure at all: one group
     assert choose_n_groups(np.ones((7, 7))) == 1

@@ -314,7 +314,7 @@ def test_imagenet_dry_run_torchrun_recipe(tmp_path):
 
 
 def test_cka_group_dry_run_ablations(tmp_path):
-    cmds, notes = dry("run_cka_group.sh", tmp_path, TRIALS=2, PAIRS="resnet32x4:resnet8x4", NGROUPS="2 6",
+    cmds, notes = dry("run_cka_group.sh", tmp_path, TRIALS=2, PAIRS="resnet32x4:resnet8x4", NGROUPS="2 6 auto",
                       POOLS="0 8")
     seen = {}
     for cmd in cmds:
@@ -323,19 +323,30 @@ def test_cka_group_dry_run_ablations(tmp_path):
             DISTILLERS["cka_group"].recommended)
         tag, idx = summarize.split_trial(opt.trial)
         assert opt.seed == int(idx)
-        seen[(tag, idx)] = (opt.cka_grouping, opt.cka_groups, opt.cka_estimator, opt.cka_pool)
-    for idx in ("0", "1"):
-        assert seen[("", idx)] == ("dp", "auto", "unbiased", 4)
-        assert seen[("grouping-uniform", idx)] == ("uniform", "auto", "unbiased", 4)
-        assert seen[("grouping-random", idx)] == ("random", "auto", "unbiased", 4)
-        assert seen[("groups-2", idx)] == ("dp", "2", "unbiased", 4)
-        assert seen[("estimator-biased", idx)] == ("dp", "auto", "biased", 4)
-        assert seen[("pool-0", idx)] == ("dp", "auto", "unbiased", 0)
-        assert seen[("pool-8", idx)] == ("dp", "auto", "unbiased", 8)
-    assert len(seen) == 14  # groups-6 > min(17, 5) layers is skipped
+        seen[(tag, idx)] = (opt.cka_grouping, opt.cka_groups, opt.cka_student_split, opt.cka_estimator, opt.cka_pool)
+    for idx in ("0", "1"):   # n fixed at 3 (CKA_GROUPS), each ablation changes one option
+        assert seen[("groups-3", idx)] == ("dp", "3", "even", "unbiased", 4)
+        assert seen[("groups-3-grouping-uniform", idx)] == ("uniform", "3", "even", "unbiased", 4)
+        assert seen[("groups-3-grouping-random", idx)] == ("random", "3", "even", "unbiased", 4)
+        assert seen[("groups-3-split-proportional", idx)] == ("dp", "3", "proportional", "unbiased", 4)
+        assert seen[("groups-3-split-anchored", idx)] == ("dp", "3", "anchored", "unbiased", 4)
+        assert seen[("groups-2", idx)] == ("dp", "2", "even", "unbiased", 4)
+        assert seen[("", idx)] == ("dp", "auto", "even", "unbiased", 4)   # the knee: run_cifar_distill's row
+        assert seen[("groups-3-estimator-biased", idx)] == ("dp", "3", "even", "biased", 4)
+        assert seen[("groups-3-pool-0", idx)] == ("dp", "3", "even", "unbiased", 0)
+        assert seen[("groups-3-pool-8", idx)] == ("dp", "3", "even", "unbiased", 8)
+    assert len(seen) == 20 and len(cmds) == 20  # groups-6 > min(17, 5) layers is skipped; each run once
     assert any("skip groups-6 on resnet32x4 -> resnet8x4" in n for n in notes)
     cmds, _ = dry("run_cka_group.sh", tmp_path, TRIALS=1, PAIRS="vgg13:vgg8", ABLATIONS="estimator", BASELINE=0)
-    assert len(cmds) == 1 and "--cka_estimator" in cmds[0]
+    line = " ".join(cmds[0])
+    assert len(cmds) == 1 and "--cka_estimator biased" in line and "--cka_groups 3" in line
+    # CKA_GROUPS=auto: the runs and names of the knee, as before n was fixed
+    cmds, _ = dry("run_cka_group.sh", tmp_path, TRIALS=1, PAIRS="vgg13:vgg8", ABLATIONS="grouping", CKA_GROUPS="auto")
+    opts = [train_student.parse_option(script_args(c, "train_student.py")) for c in cmds]
+    assert [(o.trial, o.cka_groups) for o in opts] == [("0", "auto"), ("grouping-uniform_0", "auto"),
+                                                       ("grouping-random_0", "auto")]
+    r = sh("run_cka_group.sh", tmp_path, check=False, DRY_RUN=1, CKA_GROUPS="three")
+    assert r.returncode == 2 and "CKA_GROUPS: 'three'" in r.stderr
 
 
 # ---- summarize.py -------------------------------------------------------------------------------------
