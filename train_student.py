@@ -29,6 +29,7 @@ from helper.loops import DistillStudent, train_one_epoch, validate
 from helper.mixup import Mixup
 from helper.optim import build_optimizer
 from helper.options import add_common_args, finish_common
+from helper.pretrained import check_published_accuracy
 from helper.teachers import EMATeacher, FrozenTeacher, PeerTeacher
 from helper.util import set_seed
 from models import model_dict
@@ -100,7 +101,7 @@ def make_teacher_model(opt, num_classes):
     if opt.kd_mode == "self":
         return None, opt.model_s, None
     if opt.path_t:
-        model, arch, ckpt = build_teacher(opt.path_t, num_classes, opt.model_t)
+        model, arch, ckpt = build_teacher(opt.path_t, num_classes, opt.model_t, opt.trust_checkpoint)
         return model, arch, ckpt
     if opt.model_t not in model_dict:
         raise ConfigError(f"unknown --model_t {opt.model_t!r}; choose one of: {', '.join(sorted(model_dict))}")
@@ -188,6 +189,7 @@ def main_worker(opt, local_rank=None):
     if opt.kd_mode == "offline" and not opt.skip_validation:
         teacher_acc = validate(teacher.model, data.val_loader, device, opt)["acc1"]
         logger.print(f"==> teacher {t_arch} test acc@1 {teacher_acc:.2f}")
+        check_published_accuracy(opt.path_t, t_arch, opt.dataset, teacher_acc, logger.print)
 
     ckpt = load_resume(opt, opt.model_s) if opt.resume else None
     if ckpt is not None:

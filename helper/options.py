@@ -53,6 +53,9 @@ def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
     g.add_argument("--seed", type=int, default=None, help="random seed (default: derived from --trial)")
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (reproducible)")
     g.add_argument("--resume", type=str, default=None, help="checkpoint to continue from")
+    g.add_argument("--trust_checkpoint", action="store_true",
+                   help="fully unpickle --path_t/--resume files that a safe (weights-only) load refuses: only for "
+                        "files you trust, since unpickling can run any code")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--print_freq", type=int, default=100)
     g.add_argument("--save_freq", type=int, default=40)

@@ -103,13 +103,15 @@ def main(argv=None):
     p.add_argument("--groups", default="auto", help="teacher groups when the student run stores none")
     p.add_argument("--out", default="cka_matrix.png")
     p.add_argument("--json", default=None, help="also write the matrices and groups as JSON")
+    p.add_argument("--trust_checkpoint", action="store_true", help="fully unpickle files a safe load refuses")
     a = p.parse_args(argv)
     n_cls = dataset.num_classes(a.dataset)
-    model_t, arch_t, _ = build_teacher(a.path_t, n_cls, a.model_t)
+    model_t, arch_t, _ = build_teacher(a.path_t, n_cls, a.model_t, a.trust_checkpoint)
     model_s, s_groups = None, None
     if a.path_s:
-        ck = load_file(a.path_s)
-        model_s, _, _ = build_teacher(a.path_s, n_cls, ck.get("arch") if isinstance(ck, dict) else None)
+        ck = load_file(a.path_s, trust=a.trust_checkpoint)
+        model_s, _, _ = build_teacher(a.path_s, n_cls, ck.get("arch") if isinstance(ck, dict) else None,
+                                      a.trust_checkpoint)
         extra = (ck.get("distiller") or {}).get("_extra_state") if isinstance(ck, dict) else None
         s_groups = extra if isinstance(extra, dict) and "teacher_ends" in extra else None
     opt = argparse.Namespace(dataset=a.dataset, data_folder=a.data_folder, batch_size=a.batch_size, seed=0)
