@@ -55,7 +55,8 @@ def teacher_members(tar_path: str) -> dict:
         with tarfile.open(tar_path) as tar:
             members = tar.getmembers()
     except (OSError, tarfile.TarError, EOFError) as e:
-        raise ConfigError(f"{tar_path} is not a readable tar archive ({type(e).__name__}: {e}); "
+        why = (str(e).strip().splitlines() or [""])[0].rstrip(":")
+        raise ConfigError(f"{tar_path} is not a readable tar archive ({type(e).__name__}: {why}); "
                           "download cifar_teachers.tar again") from None
     found, other = {}, []
     for m in members:
