@@ -146,10 +146,11 @@ def run_init_stage(opt, inner, step_factory, teacher, data, device, logger):
 def main_worker(opt, local_rank=None):
     device = dist_util.init(opt, local_rank)
     set_seed(opt.seed, opt.deterministic)
-    num_classes = dataset.num_classes(opt.dataset)
+    num_classes = dataset.num_classes(opt)
     cls = get_distiller_class(opt.distill)
     student = model_dict[opt.model_s](num_classes=num_classes)
     model_t, t_arch, _ = make_teacher_model(opt, num_classes)
+    dataset.fit_models(opt, (opt.model_s, student), (t_arch, model_t))
     if model_t is not None and tuple(model_t.input_shape) != tuple(student.input_shape):
         raise ConfigError(f"teacher {t_arch} takes {tuple(model_t.input_shape)} inputs but student {opt.model_s} "
                           f"takes {tuple(student.input_shape)}: pick a pair that sees the same images")

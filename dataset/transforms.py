@@ -4,12 +4,15 @@
 * :class:`BatchTransform`: the same augmentation, adaptation and normalisation on a whole uint8 batch
   with tensor ops (CPU or CUDA), for the 'tensor' loader. Every sample draws its own crop offsets and
   flip, with the distribution of ``RandomCrop(size, padding=p)`` + ``RandomHorizontalFlip()``: the
-  offsets are uniform on ``{0, ..., 2p}`` in each axis, the flip a fair coin, the padding zeros.
+  offsets are uniform on ``{0, ..., 2p}`` in each axis, the flip a fair coin, the padding zeros; and its
+  own angle for ``RandomRotation(d)`` (uniform on [-d, d], nearest, zero fill), before the crop/flip.
 
 The order is augmentation at native size, then adaptation to the model's shape, then normalisation
 (see :mod:`dataset.base` for the input-shape rule).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +33,8 @@ def pil_transforms(spec: DatasetSpec, adapt: Adaptation, train: bool):
     if spec.resized_crop:  # ImageNet
         ops += [T.RandomResizedCrop(h0), T.RandomHorizontalFlip()] if train else [T.Resize(256), T.CenterCrop(h0)]
     elif train:
+        if spec.rotate:
+            ops.append(T.RandomRotation(spec.rotate, interpolation=T.InterpolationMode.NEAREST, fill=0))
         if spec.crop_pad:
             ops.append(T.RandomCrop((h0, w0), padding=spec.crop_pad))
         if spec.flip:
@@ -70,6 +75,18 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
     return x.reshape(b, c, -1).gather(2, src).view(b, c, h, w)
 
 
+def random_rotate(x: torch.Tensor, degrees: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Per-sample rotation of a uint8 batch (B, C, H, W) about the image centre by an angle uniform on
+    [-degrees, degrees], nearest neighbour, zero fill: ``RandomRotation(degrees)``'s distribution."""
+    b, c, h, w = x.shape
+    angle = (torch.rand(b, generator=generator, device=x.device) * 2 - 1) * math.radians(degrees)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin * (h / w), torch.zeros_like(cos)], 1),
+                         torch.stack([sin * (w / h), cos, torch.zeros_like(cos)], 1)], 1)  # normalised coordinates
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).to(torch.uint8)
+
+
 class BatchTransform:
     """uint8 (B, C0, H0, W0) -> float32 normalised (B, C, H, W), optionally augmented, on x's device."""
 
@@ -78,6 +95,7 @@ class BatchTransform:
             raise ValueError("RandomResizedCrop is not implemented by the tensor loader")
         self.crop_pad = spec.crop_pad if train else 0
         self.flip = spec.flip and train
+        self.rotate = spec.rotate if train else 0.0
         self.adapt = adapt
         c0 = spec.shape[0]
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, c0, 1, 1)
@@ -87,6 +105,8 @@ class BatchTransform:
         self.replicate = adapt.channels // c0 if adapt.channels > c0 else 1
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.rotate:
+            x = random_rotate(x, self.rotate, generator)
         if self.crop_pad or self.flip:
             x = random_crop_flip(x, self.crop_pad, self.flip, generator)
         if self.adapt.pad:
