@@ -75,16 +75,22 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
     return x.reshape(b, c, -1).gather(2, src).view(b, c, h, w)
 
 
-def random_rotate(x: torch.Tensor, degrees: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Per-sample rotation of a uint8 batch (B, C, H, W) about the image centre by an angle uniform on
-    [-degrees, degrees], nearest neighbour, zero fill: ``RandomRotation(degrees)``'s distribution."""
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of a uint8 batch (B, C, H, W) about its centre by ``degrees[b]`` (counter-clockwise,
+    as torchvision's ``rotate``), nearest neighbour, zero fill, same size."""
     b, c, h, w = x.shape
-    angle = (torch.rand(b, generator=generator, device=x.device) * 2 - 1) * math.radians(degrees)
-    cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos, -sin * (h / w), torch.zeros_like(cos)], 1),
-                         torch.stack([sin * (w / h), cos, torch.zeros_like(cos)], 1)], 1)  # normalised coordinates
+    angle = torch.deg2rad(degrees.float())
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    # output pixel p reads input pixel R(angle)^-1 p, written in affine_grid's normalised coordinates
+    theta = torch.stack([torch.stack([cos, -sin * (h / w), zero], 1), torch.stack([sin * (w / h), cos, zero], 1)], 1)
     grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
     return F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).to(torch.uint8)
+
+
+def random_rotate(x: torch.Tensor, degrees: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Each sample rotated by its own angle uniform on [-degrees, degrees]: ``RandomRotation(degrees)``."""
+    angle = (torch.rand(len(x), generator=generator, device=x.device) * 2 - 1) * degrees
+    return rotate(x, angle)
 
 
 class BatchTransform:
