@@ -10,6 +10,7 @@ prefix in its name), and read by the safe loader like any other checkpoint, into
 """
 from __future__ import annotations
 
+import functools
 import os
 from urllib.parse import urlparse
 
@@ -64,14 +65,24 @@ def torchvision_teacher_file(spec: str, model_t: str | None = None) -> tuple[str
     return path, arch
 
 
+@functools.lru_cache(maxsize=1)
+def _published_tables():
+    """scripts/published.py, the typed tables, loaded by its path (scripts/ is a folder, not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "published.py")
+    spec = importlib.util.spec_from_file_location("kd_published_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def published_accuracy(path_t: str | None, arch: str, dataset_name: str):
     """(published top-1, where it comes from) of this teacher, or None when nothing is published for it:
     RepDistiller's Teacher row on cifar100; torchvision's metadata on imagenet (the weights named by a
     ``torchvision:`` path, else IMAGENET1K_V1, whose recipe scripts/run_imagenet_distill.sh trains with)."""
     if dataset_name == "cifar100":
-        from scripts.published import teacher_accuracy
-
-        acc = teacher_accuracy(arch)
+        acc = _published_tables().teacher_accuracy(arch)
         return None if acc is None else (acc, "RepDistiller's table")
     if dataset_name == "imagenet":
         from helper.checkpoint import TORCHVISION_PREFIX

@@ -170,3 +170,9 @@ def test_cifar_data_files_are_unpickled_without_running_code(tmp_path):
         load_cifar("cifar100", root)
     assert re.search(EXEC, one_line(e)) and "cifar-100-python" in str(e.value)
     assert not marker.exists()
+
+
+def test_both_scripts_take_the_opt_in_flag():
+    assert train_teacher.parse_option(["--model", "resnet8", "--trust_checkpoint"]).trust_checkpoint
+    assert train_student.parse_option(["--path_t", "x.pth", "--trust_checkpoint"]).trust_checkpoint
+    assert not train_student.parse_option(["--path_t", "x.pth"]).trust_checkpoint
