@@ -17,8 +17,7 @@ Loaders (``opt.loader``):
   would not fit in memory.
 * ``'dali'`` (:mod:`dataset.dali`, ``opt.dali`` = 'cpu' or 'gpu', replaces ``opt.loader``): NVIDIA DALI
   pipelines for cifar10/100, cinic10, imagenet, imagefolder and tinyimagenet, same batches and sampler
-  order; no CRD. ``nvidia.dali``
-  is imported only then.
+  order; no CRD. ``nvidia.dali`` is imported only then.
 
 Train batches: ``(images, targets, index)``, or ``(images, targets, index, contrast_idx)`` with
 ``contrast=True`` (CRD); ``index`` is the position in the training set (after ``--train_subset``, which

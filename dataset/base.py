@@ -81,7 +81,7 @@ class DatasetSpec:
     mean: tuple
     std: tuple
     kind: str  # 'memory': arrays in RAM; 'folder': an ImageFolder tree read per sample
-    load: Callable  # memory: opt -> (ArraySplit, ArraySplit); folder: opt -> (train_root, val_root)
+    load: Callable  # data_folder -> (train, val): ArraySplits (memory) or ImageFolder-like file lists (folder)
     crop_pad: int = 0  # random crop at native size with this zero padding (0: none)
     flip: bool = False
     resized_crop: bool = False  # ImageNet recipe instead of crop/flip

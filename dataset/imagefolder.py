@@ -146,8 +146,8 @@ def scan(opt) -> tuple[list, list, list, str]:
         root = folder
         val_dir = next((os.path.join(root, s) for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), None)
         if not os.path.isdir(os.path.join(root, "train")) or val_dir is None:
-            raise ConfigError(f"--dataset imagefolder: {root} must hold train/<class>/<images> and val/<class>/<images> "
-                              "(or test/)")
+            raise ConfigError(f"--dataset imagefolder: {root} must hold train/<class>/<images> and "
+                              "val/<class>/<images> (or test/)")
         train, val = _class_folders(os.path.join(root, "train")), _class_folders(val_dir)
     _same_classes(list(train), list(val), val_dir)
     classes = list(train)

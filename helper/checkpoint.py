@@ -86,8 +86,9 @@ def load_file(path: str, map_location="cpu", trust: bool = False):
             raise ConfigError(f"checkpoint {path!r} holds {refused.group(1) or refused.group(2)}, which a safe "
                               "(weights-only) load does not allow; nothing in it was run. If you trust the file, "
                               f"pass {TRUST_FLAG} to load it fully") from None
-        raise ConfigError(_unreadable(path, e, "" if trust else f"; if it is a torch.save file you trust (saved "
-                                              f"with an unusual pickle protocol), {TRUST_FLAG} loads it fully")) from None
+        hint = "" if trust else (f"; if it is a torch.save file you trust (saved with an unusual pickle protocol), "
+                                 f"{TRUST_FLAG} loads it fully")
+        raise ConfigError(_unreadable(path, e, hint)) from None
     except Exception as e:  # zip, EOF, storage and pickle-opcode errors of corrupt or truncated files
         raise ConfigError(_unreadable(path, e)) from None
 
