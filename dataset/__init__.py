@@ -113,6 +113,9 @@ def fit_models(opt, *named_models) -> None:
         except Exception as e:  # shape errors of fixed pooling/classifier sizes
             ok, why = False, (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         m.train(was_training)
+        if not ok and m.input_shape[0] != 3:
+            raise ConfigError(f"--dataset {opt.dataset} serves RGB images, {name} takes {m.input_shape[0]}-channel "
+                              "input; pick an RGB model")
         if not ok:
             raise ConfigError(f"--dataset {opt.dataset} serves {'x'.join(map(str, shape))} images, which {name} "
                               f"(built for {'x'.join(map(str, m.input_shape))}) does not take ({why}); pass "

@@ -158,6 +158,8 @@ def test_served_size_and_the_models_that_take_it(tmp_path):
     with pytest.raises(ConfigError) as e:
         dataset.fit_models(opt, ("vgg8", model_dict["vgg8"](num_classes=2)), ("resnet8", net))
     assert "resnet8" in str(e.value) and "--image_size 32" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="RGB"):
+        dataset.fit_models(opt, ("cnn_mnist_student", model_dict["cnn_mnist_student"](num_classes=2)))
     opt.image_size = 224
     big = model_dict["ResNet18_imagenet"](num_classes=2)
     dataset.fit_models(opt, ("ResNet18_imagenet", big))
