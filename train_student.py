@@ -28,6 +28,7 @@ from helper.loops import DistillStudent, Run, train_one_epoch, uses_strong_view,
 from helper.mixup import Mixup
 from helper.optim import build_optimizer
 from helper.options import add_common_args, finish_common
+from helper.pretrained import check_published_accuracy
 from helper.teachers import EMATeacher, FrozenTeacher, PeerTeacher
 from helper.util import RNGStream, set_seed
 from models import model_dict
@@ -129,7 +130,7 @@ def make_teacher_model(opt, num_classes):
     if opt.kd_mode == "self":
         return None, opt.model_s, None
     if opt.path_t:
-        model, arch, ckpt = build_teacher(opt.path_t, num_classes, opt.model_t)
+        model, arch, ckpt = build_teacher(opt.path_t, num_classes, opt.model_t, opt.trust_checkpoint)
         return model, arch, ckpt
     if opt.model_t not in model_dict:
         raise ConfigError(f"unknown --model_t {opt.model_t!r}; choose one of: {', '.join(sorted(model_dict))}")
@@ -211,7 +212,7 @@ def train_students(opts: list, device) -> list:
     """
     opt0 = opts[0]
     set_seed(opt0.seed, opt0.deterministic)
-    num_classes = dataset.num_classes(opt0.dataset)
+    num_classes = dataset.num_classes(opt0)
     classes = [get_distiller_class(o.distill) for o in opts]
     group = len(opts) > 1
     labels = [f"[{i + 1}/{len(opts)} {o.distill} {o.model_s} t{o.trial}] " if group else "" for i, o in enumerate(opts)]
@@ -222,6 +223,7 @@ def train_students(opts: list, device) -> list:
     for o, stream in zip(opts, streams):
         with stream:
             students.append(model_dict[o.model_s](num_classes=num_classes))
+    dataset.fit_models(opt0, *[(o.model_s, st) for o, st in zip(opts, students)], (t_arch, model_t))
     input_shape = tuple(students[0].input_shape)
     for o, st in zip(opts, students):
         if tuple(st.input_shape) != input_shape:
@@ -292,6 +294,7 @@ def train_students(opts: list, device) -> list:
         teacher_acc = validate(model_t, data.val_loader, device, opt0)["acc1"]
         if dist_util.is_main():
             print(f"==> teacher {t_arch} test acc@1 {teacher_acc:.2f}", flush=True)
+            check_published_accuracy(opt0.path_t, t_arch, opt0.dataset, teacher_acc, lambda m: print(m, flush=True))
 
     runs = []
     for i, (o, inner, teacher, stream) in enumerate(zip(opts, built, teachers, streams)):

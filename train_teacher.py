@@ -43,10 +43,11 @@ def parse_option(argv=None):
 def main_worker(opt, local_rank=None):
     device = dist_util.init(opt, local_rank)
     set_seed(opt.seed, opt.deterministic)
-    num_classes = dataset.num_classes(opt.dataset)
+    num_classes = dataset.num_classes(opt)
     stream = RNGStream(opt.seed, device)
     with stream:
         model = model_dict[opt.model](num_classes=num_classes)
+    dataset.fit_models(opt, (opt.model, model))
     with dist_util.main_first(opt.download, opt.local_rank):  # --download: once, not once per rank
         data = dataset.get_dataloaders(opt, model.input_shape, device=device, rank=opt.rank,
                                        world_size=opt.world_size)

@@ -1,19 +1,23 @@
 """Datasets and loaders: one entry point, :func:`get_dataloaders`, two implementations.
 
 ``--dataset`` names: cifar10, cifar100, cinic10, imagenet, mnist, fashionmnist (the project's default),
-digits. Formats and where they are looked for are in the reader modules (cifar, mnist, digits, folder);
-the input-shape rule and the augmentation of each dataset in :mod:`dataset.base`.
+digits, and own image trees: imagefolder, tinyimagenet. Formats and where they are looked for are in the
+reader modules (cifar, mnist, digits, folder, imagefolder); the input-shape rule and the augmentation of
+each dataset in :mod:`dataset.base`. Own folder datasets take their class count from the folder
+(``num_classes(opt)``) and serve one size to every model that takes it (``fit_models``).
 
 Loaders (``opt.loader``):
 
 * ``'tensor'`` (:mod:`dataset.tensor_loader`): the split resident on ``device`` as uint8, batched
   per-sample crop/flip with tensor ops. Default ('auto') for the in-memory datasets cifar10/100, mnist,
-  fashionmnist, digits; also usable for cinic10 (decoded into memory at start-up).
+  fashionmnist, digits, and for imagefolder/tinyimagenet when decoded they take at most half the free
+  memory; also usable for cinic10 (decoded into memory at start-up).
 * ``'torch'`` (:mod:`dataset.torch_loader`): DataLoader + PIL + torchvision transforms. Default for the
-  folder datasets cinic10 and imagenet (the only choice for imagenet).
+  folder datasets cinic10 and imagenet (the only choice for imagenet), and for own folder datasets that
+  would not fit in memory.
 * ``'dali'`` (:mod:`dataset.dali`, ``opt.dali`` = 'cpu' or 'gpu', replaces ``opt.loader``): NVIDIA DALI
-  pipelines for cifar10/100, cinic10 and imagenet, same batches and sampler order; no CRD. ``nvidia.dali``
-  is imported only then.
+  pipelines for cifar10/100, cinic10, imagenet, imagefolder and tinyimagenet, same batches and sampler
+  order; no CRD. ``nvidia.dali`` is imported only then.
 
 Train batches: ``(images, targets, index)``, or ``(images, targets, index, contrast_idx)`` with
 ``contrast=True`` (CRD); ``index`` is the position in the training set (after ``--train_subset``, which
@@ -38,16 +42,17 @@ import torch
 
 from helper.errors import ConfigError
 
-from .base import (DatasetSpec, default_train_sampler, per_rank_batch, plan_adaptation,
-                   stratified_subset)
+from .base import (MEMORY_FRACTION, DatasetSpec, default_train_sampler, memory_budget, per_rank_batch,
+                   plan_adaptation, stratified_subset)
 from .cifar import load_cifar
 from .contrast import ContrastSampler
 from .digits import load_digits_arrays
-from .folder import decode_folder, find_root, image_folder
+from .folder import decode_folder, image_folders
+from .imagefolder import OWN_DATASETS, build_spec, scan, served_size
 from .mnist import load_idx_dataset
 from .randaugment import strong_view_asked
 
-__all__ = ["DATASETS", "DataBundle", "get_dataloaders", "native_shape", "num_classes"]
+__all__ = ["DATASETS", "OWN_DATASETS", "DataBundle", "fit_models", "get_dataloaders", "native_shape", "num_classes"]
 
 _CIFAR_AUG = dict(crop_pad=4, flip=True)
 
@@ -58,10 +63,10 @@ DATASETS: dict[str, DatasetSpec] = {
                             "memory", partial(load_cifar, "cifar100"), **_CIFAR_AUG),
     # CINIC-10's published statistics (BayesWatch/cinic-10 README)
     "cinic10": DatasetSpec("cinic10", 10, (3, 32, 32), (0.47889522, 0.47227842, 0.43047404),
-                           (0.24205776, 0.23828046, 0.25874835), "folder", partial(find_root, "cinic10"),
+                           (0.24205776, 0.23828046, 0.25874835), "folder", partial(image_folders, "cinic10"),
                            **_CIFAR_AUG),
     "imagenet": DatasetSpec("imagenet", 1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                            "folder", partial(find_root, "imagenet"), resized_crop=True, flip=True),
+                            "folder", partial(image_folders, "imagenet"), resized_crop=True, flip=True),
     "mnist": DatasetSpec("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), "memory",
                          partial(load_idx_dataset, "mnist"), crop_pad=2, flip=False, adaptable=True),
     "fashionmnist": DatasetSpec("fashionmnist", 10, (1, 28, 28), (0.2860,), (0.3530,), "memory",
@@ -78,15 +83,56 @@ def native_shape(name: str) -> tuple:
     return _spec(name).shape
 
 
-def num_classes(name: str) -> int:
+def num_classes(dataset) -> int:
+    """The class count of a ``--dataset`` name, or of ``opt`` (its dataset and data_folder): own folder
+    datasets (imagefolder, tinyimagenet) count their class folders, so they need the opt."""
+    name = dataset if isinstance(dataset, str) else getattr(dataset, "dataset", "fashionmnist")
+    if name in OWN_DATASETS:
+        if isinstance(dataset, str):
+            raise ConfigError(f"--dataset {name}: its classes are the class folders of --data_folder; pass the "
+                              "options (dataset.num_classes(opt))")
+        return len(scan(dataset)[0])
     return _spec(name).num_classes
+
+
+def fit_models(opt, *named_models) -> None:
+    """Own folder datasets serve one size (``dataset.imagefolder.served_size``) to every model, given as
+    ``(model_dict name, model)`` pairs (student first; a None model is skipped). A model declared for another
+    input size is kept when a probe forward at the served size gives logits (global pooling), and its
+    ``input_shape`` becomes the served shape; otherwise one line refuses it. Other datasets: nothing to do
+    (their rule is in dataset.base)."""
+    named_models = [(n, m) for n, m in named_models if m is not None]
+    if getattr(opt, "dataset", None) not in OWN_DATASETS or not named_models:
+        return
+    shape = (3,) + served_size(opt, named_models[0][1].input_shape)
+    for name, m in named_models:
+        if tuple(m.input_shape) == shape:
+            continue
+        was_training = m.training
+        m.eval()
+        try:
+            with torch.no_grad():
+                out = m(torch.zeros(2, *shape))
+            ok, why = out.dim() == 2 and out.shape[0] == 2, f"logits of shape {tuple(out.shape)}"
+        except Exception as e:  # shape errors of fixed pooling/classifier sizes
+            ok, why = False, (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        m.train(was_training)
+        if not ok and m.input_shape[0] != 3:
+            raise ConfigError(f"--dataset {opt.dataset} serves RGB images, {name} takes {m.input_shape[0]}-channel "
+                              "input; pick an RGB model")
+        if not ok:
+            raise ConfigError(f"--dataset {opt.dataset} serves {'x'.join(map(str, shape))} images, which {name} "
+                              f"(built for {'x'.join(map(str, m.input_shape))}) does not take ({why}); pass "
+                              f"--image_size {m.input_shape[1]} to serve them at its size, or pick another model")
+        m.input_shape = shape
 
 
 def _spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ConfigError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+        raise ConfigError(f"unknown --dataset {name!r}; choose one of "
+                          f"{', '.join(tuple(DATASETS) + OWN_DATASETS)}") from None
 
 
 @dataclass
@@ -139,14 +185,24 @@ class _FolderFetch:
         return self.load(self.paths[i])
 
 
-def _choose_loader(spec: DatasetSpec, asked: str) -> str:
+def _choose_loader(spec: DatasetSpec, asked: str, device="cpu") -> str:
+    """'auto': the tensor loader for in-memory datasets, and for own folder datasets when decoded they fit
+    the memory budget (dataset.base.memory_budget); the torch loader otherwise. An explicit 'tensor' that
+    cannot serve the dataset, or would not fit, is refused."""
     if asked not in ("auto", "torch", "tensor"):
         raise ConfigError(f"--loader must be auto, torch or tensor, got {asked!r}")
+    budget = memory_budget(device) if spec.memory_bytes else None
     if asked == "auto":
+        if spec.memory_bytes:
+            return "tensor" if spec.memory_bytes <= budget else "torch"
         return "tensor" if spec.kind == "memory" else "torch"
     if asked == "tensor" and spec.resized_crop:
         raise ConfigError(f"--loader tensor cannot serve {spec.name} (RandomResizedCrop of full-size images); "
                           "use --loader torch (or auto)")
+    if asked == "tensor" and spec.memory_bytes and spec.memory_bytes > budget:
+        raise ConfigError(f"--loader tensor: {spec.name} decoded at {'x'.join(map(str, spec.shape[1:]))} takes "
+                          f"{spec.memory_bytes / 2**30:.2f} GiB, more than {MEMORY_FRACTION:.0%} of the free memory "
+                          f"({budget / 2**30:.2f} GiB allowed); use --loader torch")
     return asked
 
 
@@ -159,13 +215,14 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
     (C, H, W) (None: the dataset's native shape). ``train_sampler`` (any sampler of training-set
     positions, optional ``set_epoch``) replaces the default DistributedSampler order.
     """
-    spec = _spec(getattr(opt, "dataset", "fashionmnist"))
-    adapt = plan_adaptation(spec, input_shape)
     world_size, rank = int(world_size), int(rank)
     if not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is outside world size {world_size}")
+    name = getattr(opt, "dataset", "fashionmnist")
+    spec = build_spec(opt, input_shape, rank) if name in OWN_DATASETS else _spec(name)
+    adapt = plan_adaptation(spec, input_shape)
     batch = per_rank_batch(getattr(opt, "batch_size", 64), world_size)
-    kind = _choose_loader(spec, getattr(opt, "loader", "auto") or "auto")
+    kind = _choose_loader(spec, getattr(opt, "loader", "auto") or "auto", device)
     augment = not getattr(opt, "no_augment", False)
     dali_mode = getattr(opt, "dali", None)
     if dali_mode and not augment:
@@ -192,8 +249,7 @@ def get_dataloaders(opt, input_shape=None, *, device="cpu", rank: int = 0, world
         train_arr, val_arr = spec.load(data_folder, download=download)
         train_targets_np = train_arr.targets
     else:
-        train_root, val_root = spec.load(data_folder)
-        train_ds, val_ds = image_folder(train_root), image_folder(val_root)
+        train_ds, val_ds = spec.load(data_folder)
         if kind == "tensor":
             train_arr, val_arr = decode_folder(train_ds, spec.shape), decode_folder(val_ds, spec.shape)
         train_targets_np = np.asarray(train_ds.targets, dtype=np.int64)

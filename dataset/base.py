@@ -10,6 +10,10 @@ Input-shape rule (how a dataset is served at a model's ``input_shape = (C, H, W)
     Augmentation runs first, at the native 28x28; the adaptation comes after it, then normalisation.
 * RGB datasets (``cifar10``, ``cifar100``, ``cinic10`` at 3x32x32; ``imagenet`` at 3x224x224) are
   served at their native shape only; a model asking for anything else is a ``ConfigError``.
+* Own folder datasets (``imagefolder``, ``tinyimagenet``; :mod:`dataset.imagefolder`) are read at any
+  size and resized (bilinear) to the served size: ``--image_size``, else tinyimagenet's 64x64 and, for
+  imagefolder, the model's input size. A model declared for another size is kept if a probe forward at
+  the served size works (global pooling), else refused (:func:`dataset.fit_models`).
 
 Augmentation (training set only; test sets are never augmented)
 ----------------------------------------------------------------
@@ -19,6 +23,8 @@ Augmentation (training set only; test sets are never augmented)
 * fashionmnist: random crop 28 with zero padding 2 + horizontal flip (garments are left/right
   symmetric classes, a flip keeps the label).
 * mnist and digits: random crop 28 with zero padding 2, **no flip** (a flipped 2/3/7 is not a digit).
+* imagefolder: random crop with zero padding size/8 (CIFAR's 4 at 32) + flip.
+* tinyimagenet: mdistiller's recipe, random rotation up to 20 degrees (nearest, zero fill) + flip.
 """
 from __future__ import annotations
 
@@ -75,11 +81,14 @@ class DatasetSpec:
     mean: tuple
     std: tuple
     kind: str  # 'memory': arrays in RAM; 'folder': an ImageFolder tree read per sample
-    load: Callable  # memory: opt -> (ArraySplit, ArraySplit); folder: opt -> (train_root, val_root)
+    load: Callable  # data_folder -> (train, val): ArraySplits (memory) or ImageFolder-like file lists (folder)
     crop_pad: int = 0  # random crop at native size with this zero padding (0: none)
     flip: bool = False
     resized_crop: bool = False  # ImageNet recipe instead of crop/flip
     adaptable: bool = False  # grey 28x28 datasets adapt to any input shape
+    rotate: float = 0.0  # random rotation by up to this many degrees, nearest, zero fill (Tiny-ImageNet)
+    load_resize: bool = False  # files of any size, resized to ``shape`` when read (own folder datasets)
+    memory_bytes: int = 0  # decoded size of both splits at ``shape`` when known (tensor loader's budget)
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,24 @@ def stratified_subset(targets: np.ndarray, n: int, seed: int, num_classes: int) 
         members = np.flatnonzero(targets == c)
         chosen.append(rng.choice(members, size=int(take[c]), replace=False))
     return np.sort(np.concatenate(chosen))
+
+
+MEMORY_FRACTION = 0.5  # of the available host RAM (and free GPU memory) a decoded split set may take
+
+
+def memory_budget(device) -> int:
+    """Bytes the tensor loader may hold: MEMORY_FRACTION of the available RAM, and of the free memory of a
+    CUDA device (the decoded images live there)."""
+    import os
+
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no limit known
+        avail = 1 << 62
+    device = torch.device(device)
+    if device.type == "cuda":
+        avail = min(avail, torch.cuda.mem_get_info(device)[0])
+    return int(MEMORY_FRACTION * avail)
 
 
 def per_rank_batch(batch_size: int, world_size: int) -> int:

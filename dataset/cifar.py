@@ -3,7 +3,8 @@
 ``--data_folder`` holds ``cifar-10-batches-py/`` (data_batch_1..5, test_batch) or
 ``cifar-100-python/`` (train, test). Each pickle has ``b'data'`` (uint8, N x 3072, channel-planar
 RGB) and ``b'labels'`` (CIFAR-10) or ``b'fine_labels'`` (CIFAR-100). Checksums are not verified:
-any file of the right format loads (tests write tiny ones). ``--download`` fetches the archive with
+any file of the right format loads (tests write tiny ones). The files are pickles, read by an unpickler
+that builds only dicts, lists, strings, numbers and numpy arrays: a file naming anything else is refused. ``--download`` fetches the archive with
 torchvision only when the folder is missing.
 """
 from __future__ import annotations
@@ -23,13 +24,29 @@ _LAYOUT = {
 }
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR python file holds (dicts, lists, bytes, str, numbers, numpy arrays) and
+    nothing else: a pickle naming any other global (a function to call) is refused before it runs.
+    ``_codecs.encode`` is how Python 3's protocol 2 writes bytes (an array's buffer); it only re-encodes a
+    string with a codec of the standard library's ``encodings`` package."""
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR data file never holds "
+                                     "(refused: nothing in it was run)")
+
+
 def _read_pickles(folder: str, names, label_key: bytes) -> ArraySplit:
     images, labels = [], []
     for name in names:
         path = os.path.join(folder, name)
         try:
             with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="bytes")
+                entry = _ArrayUnpickler(f, encoding="bytes").load()
             data = np.asarray(entry[b"data"], dtype=np.uint8)
             lab = np.asarray(entry[label_key], dtype=np.int64)
         except (OSError, pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError) as e:

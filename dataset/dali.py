@@ -4,14 +4,17 @@ Only imported when ``opt.dali`` is set, and ``nvidia.dali`` itself only inside :
 loaders, so the package stays optional (``pip install nvidia-dali-cuda120``).
 
 Datasets: cifar10, cifar100 (``fn.external_source`` over the pickle arrays that :mod:`dataset.cifar`
-already holds in memory), cinic10 and imagenet (``fn.readers.file`` over the ImageFolder trees: the same
-file list, class mapping and ``--train_subset`` as the 'torch' loader). The grey datasets are refused
-(use the default tensor loader). Graph, per sample:
+already holds in memory), cinic10, imagenet, imagefolder and tinyimagenet (``fn.readers.file`` over the
+file lists: the same files, class mapping and ``--train_subset`` as the 'torch' loader). The grey
+datasets are refused (use the default tensor loader). Graph, per sample:
 
 * cifar10/100, cinic10 train: zero-pad-4 random crop, horizontal flip (``fn.random.coin_flip``),
   normalise (``fn.crop_mirror_normalize``, float32 CHW); val: normalise only. The crop: for CIFAR the
   array is zero-padded once and the crop is crop_mirror_normalize's 32x32 window at an offset uniform on
   {0..8}^2; for cinic10 ``fn.slice`` at an anchor uniform on {-4..4}^2 with ``out_of_bounds_policy="pad"``.
+* imagefolder, tinyimagenet: decode, ``fn.resize`` to the served size (linear, antialiased, as PIL's
+  bilinear); then imagefolder as cinic10 (zero-pad crop by size/8, flip), tinyimagenet ``fn.rotate`` by an
+  angle uniform on [-20, 20] (nearest, zero fill, same size) and flip; val: resize and normalise.
 * imagenet train: ``fn.decoders.image_random_crop`` with torchvision's RandomResizedCrop defaults
   (area (0.08, 1), aspect ratio (3/4, 4/3) log-uniform, 10 attempts), ``fn.resize`` to 224x224
   (linear, antialiased, as PIL's bilinear), flip, normalise; val: resize the shorter side to 256,
@@ -60,7 +63,7 @@ from .base import STREAM_AUG, DatasetSpec, ShardSampler, mix_seed, num_batches
 
 __all__ = ["DALI_DATASETS", "check_dali", "dali_loaders", "import_dali", "DaliTrainLoader", "DaliValLoader"]
 
-DALI_DATASETS = ("cifar10", "cifar100", "cinic10", "imagenet")
+DALI_DATASETS = ("cifar10", "cifar100", "cinic10", "imagenet", "imagefolder", "tinyimagenet")
 INSTALL = "pip install nvidia-dali-cuda120"
 # torchvision RandomResizedCrop defaults
 RRC_AREA = (0.08, 1.0)
@@ -150,6 +153,11 @@ class _Pipe:
                                                        random_aspect_ratio=list(RRC_RATIO), num_attempts=10, **dec)
             else:
                 images = fn.decoders.image(encoded, output_type=types.RGB, **dec)
+            if spec.load_resize:  # own folder datasets: any size, resized to the served one
+                images = fn.resize(images, resize_x=w0, resize_y=h0, interp_type=types.INTERP_LINEAR, antialias=True)
+        if train and spec.rotate:
+            images = fn.rotate(images, angle=fn.random.uniform(range=[-spec.rotate, spec.rotate]), keep_size=True,
+                               fill_value=0, interp_type=types.INTERP_NN)
         crop, crop_pos = None, {}
         if spec.resized_crop:
             interp = dict(interp_type=types.INTERP_LINEAR, antialias=True)

@@ -32,6 +32,12 @@ def find_root(name: str, data_folder: str) -> tuple[str, str]:
                       f"for the ImageFolder splits {train}/ and {val}/; {how}")
 
 
+def image_folders(name: str, data_folder: str):
+    """The (train, eval) ImageFolders of cinic10 or imagenet under ``data_folder``."""
+    train_root, val_root = find_root(name, data_folder)
+    return image_folder(train_root), image_folder(val_root)
+
+
 def image_folder(path: str):
     """torchvision ImageFolder (raw PIL images, no transform), with a one-line error when empty."""
     from torchvision.datasets import ImageFolder
@@ -43,14 +49,16 @@ def image_folder(path: str):
 
 
 def decode_folder(ds, shape) -> ArraySplit:
-    """Decode a whole ImageFolder into memory (for the tensor loader): uint8 (N, H, W, C)."""
-    from PIL import Image
-
+    """Decode a whole ImageFolder (or own file list) into memory through its ``loader``, for the tensor
+    loader: uint8 (N, H, W, C). An image that cannot be decoded is one line naming it."""
     c, h, w = shape
     images = np.empty((len(ds), h, w, c), dtype=np.uint8)
     for i, (path, _) in enumerate(ds.samples):
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB" if c == 3 else "L"))
+        try:
+            arr = np.asarray(ds.loader(path).convert("RGB" if c == 3 else "L"))
+        except Exception as e:  # OSError (truncated, not an image), ValueError, SyntaxError from PIL
+            raise ConfigError(f"{path}: not a readable image ({type(e).__name__}: {str(e)[:120]}); replace or "
+                              "remove it") from None
         if arr.shape[:2] != (h, w):
             raise ConfigError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, the tensor loader needs {w}x{h} "
                               "images (use --loader torch)")

@@ -4,12 +4,15 @@
 * :class:`BatchTransform`: the same augmentation, adaptation and normalisation on a whole uint8 batch
   with tensor ops (CPU or CUDA), for the 'tensor' loader. Every sample draws its own crop offsets and
   flip, with the distribution of ``RandomCrop(size, padding=p)`` + ``RandomHorizontalFlip()``: the
-  offsets are uniform on ``{0, ..., 2p}`` in each axis, the flip a fair coin, the padding zeros.
+  offsets are uniform on ``{0, ..., 2p}`` in each axis, the flip a fair coin, the padding zeros; and its
+  own angle for ``RandomRotation(d)`` (uniform on [-d, d], nearest, zero fill), before the crop/flip.
 
 The order is augmentation at native size, then adaptation to the model's shape, then normalisation
 (see :mod:`dataset.base` for the input-shape rule).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +35,8 @@ def pil_transforms(spec: DatasetSpec, adapt: Adaptation, train: bool, strong: bo
     if spec.resized_crop:  # ImageNet
         ops += [T.RandomResizedCrop(h0), T.RandomHorizontalFlip()] if train else [T.Resize(256), T.CenterCrop(h0)]
     elif train:
+        if spec.rotate:
+            ops.append(T.RandomRotation(spec.rotate, interpolation=T.InterpolationMode.NEAREST, fill=0))
         if spec.crop_pad:
             ops.append(T.RandomCrop((h0, w0), padding=spec.crop_pad))
         if spec.flip:
@@ -78,6 +83,24 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
     return x.reshape(b, c, -1).gather(2, src).view(b, c, h, w)
 
 
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of a uint8 batch (B, C, H, W) about its centre by ``degrees[b]`` (counter-clockwise,
+    as torchvision's ``rotate``), nearest neighbour, zero fill, same size."""
+    b, c, h, w = x.shape
+    angle = torch.deg2rad(degrees.float())
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    # output pixel p reads input pixel R(angle)^-1 p, written in affine_grid's normalised coordinates
+    theta = torch.stack([torch.stack([cos, -sin * (h / w), zero], 1), torch.stack([sin * (w / h), cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).to(torch.uint8)
+
+
+def random_rotate(x: torch.Tensor, degrees: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Each sample rotated by its own angle uniform on [-degrees, degrees]: ``RandomRotation(degrees)``."""
+    angle = (torch.rand(len(x), generator=generator, device=x.device) * 2 - 1) * degrees
+    return rotate(x, angle)
+
+
 class BatchTransform:
     """uint8 (B, C0, H0, W0) -> float32 normalised (B, C, H, W), optionally augmented, on x's device."""
 
@@ -86,6 +109,7 @@ class BatchTransform:
             raise ValueError("RandomResizedCrop is not implemented by the tensor loader")
         self.crop_pad = spec.crop_pad if train else 0
         self.flip = spec.flip and train
+        self.rotate = spec.rotate if train else 0.0
         self.adapt = adapt
         c0 = spec.shape[0]
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, c0, 1, 1)
@@ -98,7 +122,9 @@ class BatchTransform:
         return self.finish(self.augment(x, generator))
 
     def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The random crop/flip alone (uint8 in and out, native shape)."""
+        """The random rotation (Tiny-ImageNet) and crop/flip alone (uint8 in and out, native shape)."""
+        if self.rotate:
+            x = random_rotate(x, self.rotate, generator)
         if self.crop_pad or self.flip:
             x = random_crop_flip(x, self.crop_pad, self.flip, generator)
         return x

@@ -11,7 +11,6 @@ import pickle
 import re
 import tempfile
 import warnings
-import zipfile
 
 import torch
 
@@ -44,20 +43,61 @@ def strip_module_prefix(state_dict: dict) -> dict:
     return dict(state_dict)
 
 
-def load_file(path: str, map_location="cpu"):
-    """torch.load with weights_only=True, falling back to a full unpickle for old RepDistiller files
-    (``*_last.pth`` pickles an argparse Namespace). One clear line if the file is missing or broken."""
+# Types that RepDistiller's and mdistiller's own files hold besides tensors and plain containers (which
+# weights_only loads anyway): RepDistiller's ``*_last.pth`` pickles its argparse options (``opt``); both
+# repos' ``adjust_learning_rate`` computes ``lr * rate ** np.sum(...)``, so their optimizer states (in
+# ``ckpt_epoch_240.pth`` too) hold the learning rate as a numpy float64 scalar, which pickles as
+# ``multiarray.scalar(dtype, bytes)`` plus a BUILD of the float64 dtype. numpy 1.x files name the
+# function ``numpy.core.multiarray``, numpy 2 ``numpy._core.multiarray``. None of these runs code.
+def _allowed_globals() -> list:
+    import argparse
+
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    return [argparse.Namespace, np.dtype, type(np.dtype(np.float64)),
+            (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+
+
+TRUST_FLAG = "--trust_checkpoint"
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def load_file(path: str, map_location="cpu", trust: bool = False):
+    """torch.load with ``weights_only=True`` and the short allow-list above: loading never runs code.
+
+    A file that needs anything else is refused with one line naming the type and ``--trust_checkpoint``;
+    with ``trust=True`` (that flag: the user vouches for the file) it is fully unpickled, with a warning.
+    A missing, corrupt or truncated file is one line too.
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint {path!r} does not exist; pass the path of a .pth file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        warnings.warn(f"{path}: not loadable with weights_only=True; loading it as a full pickle "
-                      "(only do this for files you trust)")
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise ConfigError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                          "is it a complete PyTorch file?") from None
+        if trust:
+            warnings.warn(f"{path}: {TRUST_FLAG}: unpickling the whole file (weights_only=False); it can run "
+                          "any code it holds", stacklevel=2)
+            return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_allowed_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = re.search(r"GLOBAL (\S+)|got <class '([^']+)'>", str(e))
+        if refused and not trust:
+            raise ConfigError(f"checkpoint {path!r} holds {refused.group(1) or refused.group(2)}, which a safe "
+                              "(weights-only) load does not allow; nothing in it was run. If you trust the file, "
+                              f"pass {TRUST_FLAG} to load it fully") from None
+        hint = "" if trust else (f"; if it is a torch.save file you trust (saved with an unusual pickle protocol), "
+                                 f"{TRUST_FLAG} loads it fully")
+        raise ConfigError(_unreadable(path, e, hint)) from None
+    except Exception as e:  # zip, EOF, storage and pickle-opcode errors of corrupt or truncated files
+        raise ConfigError(_unreadable(path, e)) from None
+
+
+def _unreadable(path: str, e: Exception, hint: str = "") -> str:
+    msg = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    detail = next((ln for ln in msg if "Unsupported operand" in ln), msg[0] if msg else "")
+    return (f"checkpoint {path!r} cannot be read ({type(e).__name__}: {detail[:160]}); it is corrupt, truncated or "
+            f"not a PyTorch file: download or copy it again{hint}")
 
 
 def state_dict_of(ckpt) -> dict:
@@ -91,13 +131,17 @@ def arch_from_path(path: str, names) -> str | None:
     return best
 
 
-def build_teacher(path: str, num_classes: int, model_t: str | None = None):
+def build_teacher(path: str, num_classes: int, model_t: str | None = None, trust: bool = False):
     """Load a teacher: its architecture from the checkpoint, else ``--model_t``, else the folder name.
+    ``torchvision:<name>`` is torchvision's published ImageNet weights (:mod:`helper.pretrained`).
 
     Returns ``(model, arch, ckpt)``. Strict loading; a mismatch names the architecture tried and the fix.
     """
     from models import model_dict
-    ckpt = load_file(path)
+    if path.startswith(TORCHVISION_PREFIX):
+        from helper.pretrained import torchvision_teacher_file
+        path, model_t = torchvision_teacher_file(path[len(TORCHVISION_PREFIX):], model_t)
+    ckpt = load_file(path, trust=trust)
     stored = ckpt.get("arch") if isinstance(ckpt, dict) else None
     if stored and model_t and stored != model_t:
         raise ConfigError(f"--model_t {model_t} contradicts the checkpoint, which stores arch {stored!r}; "

@@ -160,10 +160,10 @@ def truncate_metrics(save_folder: str, last_epoch: int) -> None:
 
 def load_resume(opt, expect_arch: str):
     """The checkpoint to continue from, checked to belong to this kind of run."""
-    ckpt = load_file(opt.resume, map_location="cpu")
-    if not isinstance(ckpt, dict) or "epoch" not in ckpt or "optimizer" not in ckpt:
+    ckpt = load_file(opt.resume, map_location="cpu", trust=getattr(opt, "trust_checkpoint", False))
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in ("epoch", "optimizer", "arch")):
         raise ConfigError(f"--resume {opt.resume!r} is not a checkpoint written by this codebase "
-                          "(no epoch/optimizer state); to start from its weights, use it as a teacher instead")
+                          "(no arch/epoch/optimizer state); to start from its weights, use it as a teacher instead")
     if ckpt.get("arch") not in (None, expect_arch):
         raise ConfigError(f"--resume {opt.resume!r} holds a {ckpt.get('arch')} but this run trains {expect_arch}")
     # every rank loads the file itself (no broadcast of weights/optimizer state): on several nodes, make

@@ -12,7 +12,8 @@ from helper.forward import COMPILE_MODES
 from helper.optim import OPTIMIZERS, default_lr
 from helper.util import parse_int_list, seed_from_trial
 
-DATASETS = ("fashionmnist", "mnist", "digits", "cifar10", "cifar100", "cinic10", "imagenet")
+DATASETS = ("fashionmnist", "mnist", "digits", "cifar10", "cifar100", "cinic10", "imagenet", "imagefolder",
+            "tinyimagenet")
 
 
 def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
@@ -20,6 +21,12 @@ def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
     g.add_argument("--dataset", default="fashionmnist", choices=DATASETS,
                    help="dataset (default fashionmnist: Debian's dataset-fashion-mnist package)")
     g.add_argument("--data_folder", default="./data", help="where the dataset's files are")
+    g.add_argument("--image_size", type=int, default=None,
+                   help="imagefolder/tinyimagenet: side of the served images (default: the model's input size; "
+                        "tinyimagenet 64): 32 serves CIFAR-sized models, 224 ImageNet-sized")
+    g.add_argument("--mean", default=None, help="imagefolder/tinyimagenet: normalisation mean r,g,b "
+                                                "(default: measured on the training images, cached)")
+    g.add_argument("--std", default=None, help="imagefolder/tinyimagenet: normalisation std r,g,b (with --mean)")
     g.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
     g.add_argument("--train_subset", type=int, default=0,
                    help="train on a stratified, seeded subset of N training images (0: all)")
@@ -66,6 +73,9 @@ def add_common_args(p: argparse.ArgumentParser, trial_default: str) -> None:
     g.add_argument("--seed", type=int, default=None, help="random seed (default: derived from --trial)")
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (reproducible)")
     g.add_argument("--resume", type=str, default=None, help="checkpoint to continue from")
+    g.add_argument("--trust_checkpoint", action="store_true",
+                   help="fully unpickle --path_t/--resume files that a safe (weights-only) load refuses: only for "
+                        "files you trust, since unpickling can run any code")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--print_freq", type=int, default=100)
     g.add_argument("--save_freq", type=int, default=40)

@@ -66,17 +66,19 @@ def main(argv=None):
                    help="student groups when no grouping is given or stored (as --cka_student_split)")
     p.add_argument("--out", default="cka_matrix.png")
     p.add_argument("--json", default=None, help="also write the matrices, layer names, groups and group CKAs as JSON")
+    p.add_argument("--trust_checkpoint", action="store_true", help="fully unpickle files a safe load refuses")
     a = p.parse_args(argv)
     if a.groups != "auto" and not a.groups.isdigit():
         raise ConfigError(f"--groups {a.groups!r}: give a number of groups or 'auto'")
     n_cls = dataset.num_classes(a.dataset)
-    model_t, arch_t, _ = build_teacher(a.path_t, n_cls, a.model_t)
+    model_t, arch_t, _ = build_teacher(a.path_t, n_cls, a.model_t, a.trust_checkpoint)
     model_s, grouping, how = None, None, ""
     if a.grouping:
         grouping, how = load_grouping(a.grouping), f"from {a.grouping}"
     if a.path_s:
-        ck = load_file(a.path_s)
-        model_s, _, _ = build_teacher(a.path_s, n_cls, ck.get("arch") if isinstance(ck, dict) else None)
+        ck = load_file(a.path_s, trust=a.trust_checkpoint)
+        model_s, _, _ = build_teacher(a.path_s, n_cls, ck.get("arch") if isinstance(ck, dict) else None,
+                                      a.trust_checkpoint)
         if grouping is None:
             grouping = stored_grouping(ck)
             how = "from the run" if grouping else ""

@@ -374,3 +374,11 @@ def pairs_of(source: str) -> list:
             if pair not in seen:
                 seen.append(pair)
     return seen
+
+
+def teacher_accuracy(arch: str):
+    """RepDistiller's published CIFAR-100 top-1 of teacher ``arch`` (its tables' Teacher row), or None."""
+    for (teacher, _), (mean, _) in SOURCES["repd"][1].get("Teacher", {}).items():
+        if teacher == arch:
+            return mean
+    return None

@@ -4,20 +4,20 @@
 # every GPU of every node, launched by torchrun (one process per GPU). Runs go one after another; each
 # uses all nodes. Run the same command on every node with its NODE_RANK.
 #
-#   # one node, 8 GPUs
-#   DATA=/data/imagenet TEACHER=resnet34_torchvision.pth bash scripts/run_imagenet_distill.sh
+#   # one node, 8 GPUs, torchvision's ResNet34 as the teacher (the default)
+#   DATA=/data/imagenet bash scripts/run_imagenet_distill.sh
 #   # two nodes (run on both; MASTER_ADDR = node 0's address)
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 DATA=/data/imagenet bash scripts/run_imagenet_distill.sh
 #   DRY_RUN=1 bash scripts/run_imagenet_distill.sh          # print the commands only
 #
 # Environment:
 #   DATA          ImageNet root with train/ and val/ class folders (default ./data/imagenet)
-#   TEACHER       ResNet34 checkpoint: ours, RepDistiller-style {'model': sd}, or a bare torchvision
-#                 state_dict, e.g. made with (network needed):
-#                   python -c "import torch, torchvision; torch.save(torchvision.models.resnet34(
-#                   weights='IMAGENET1K_V1').state_dict(), 'resnet34_torchvision.pth')"
-#                 Default: $SAVE/teachers/models/ResNet34_imagenet_vanilla_imagenet_trial_0/ResNet34_imagenet_last.pth,
-#                 which METHODS="teacher ..." trains first with the same recipe.
+#   TEACHER       the ResNet34 teacher (--path_t). Default torchvision:resnet34: torchvision's published
+#                 IMAGENET1K_V1 weights (73.31 top-1), read from torchvision's cache ($TORCH_HOME/hub/checkpoints/
+#                 resnet34-b627a593.pth), downloaded there once if missing; offline, put the file there first.
+#                 With "teacher" in METHODS the default is the teacher that run trains with the same recipe,
+#                 $SAVE/teachers/models/ResNet34_imagenet_vanilla_imagenet_trial_0/ResNet34_imagenet_last.pth.
+#                 Any checkpoint works too: ours, RepDistiller-style {'model': sd}, a bare state_dict.
 #   METHODS       space-separated, run in this order (default "vanilla kd attention similarity correlation crd
 #                 semckd cka_group"): "teacher" trains ResNet34_imagenet, "vanilla" the ResNet18 baseline,
 #                 any other word is a --distill name with the weights below
@@ -57,7 +57,10 @@ if [[ -z ${GPUS_PER_NODE:-} ]]; then
   GPUS_PER_NODE=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]] || GPUS_PER_NODE=8
 fi
-TEACHER_DEFAULT="$SAVE/teachers/models/ResNet34_imagenet_vanilla_imagenet_trial_0/ResNet34_imagenet_last.pth"
+TEACHER_DEFAULT=torchvision:resnet34
+if [[ " $METHODS " == *" teacher "* ]]; then
+  TEACHER_DEFAULT="$SAVE/teachers/models/ResNet34_imagenet_vanilla_imagenet_trial_0/ResNet34_imagenet_last.pth"
+fi
 : "${TEACHER:=$TEACHER_DEFAULT}"
 
 declare -A WEIGHTS=(
@@ -120,7 +123,7 @@ for ((trial = 0; trial < TRIALS; trial++)); do
 done
 needs_teacher=0
 for m in $METHODS; do [[ $m == teacher || $m == vanilla ]] || needs_teacher=1; done
-if [[ $needs_teacher == 1 && ! -f $TEACHER && " $METHODS " != *" teacher "* ]]; then
+if [[ $needs_teacher == 1 && $TEACHER != torchvision:* && ! -f $TEACHER && " $METHODS " != *" teacher "* ]]; then
   if [[ $DRY_RUN == 1 ]]; then
     note "teacher checkpoint not found yet: $TEACHER"
   else

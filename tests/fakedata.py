@@ -1,7 +1,8 @@
 """Tiny datasets written in the real on-disk formats, for everyone's offline end-to-end tests.
 
 * :func:`make_cifar`: the official python-pickle folders ``cifar-10-batches-py/`` or ``cifar-100-python/``.
-* :func:`make_image_folder`: an ImageFolder tree of PNGs (CINIC-10 / ImageNet layout).
+* :func:`make_image_folder`: an ImageFolder tree of PNGs (CINIC-10 / ImageNet / --dataset imagefolder layout).
+* :func:`make_tinyimagenet`: tiny-imagenet-200's layout (val/ labelled by val_annotations.txt).
 * :func:`make_idx`: the four raw MNIST/Fashion-MNIST idx files, plain or gzipped.
 
 Each returns the folder to pass as ``--data_folder``. Labels are balanced (``i % n_classes``, shuffled
@@ -69,19 +70,61 @@ def make_cifar(root, which: str = "cifar100", n_train: int = 200, n_test: int = 
 
 
 def make_image_folder(root, splits=("train", "test"), n_classes: int = 3, n_per_class: int = 4, size=32,
-                      seed: int = 0, mode: str = "RGB") -> str:
-    """Write ``root/<split>/class<c>/img<k>.png`` random images of ``size`` (int or (H, W))."""
+                      seed: int = 0, mode: str = "RGB", ext: str = "png") -> str:
+    """Write ``root/<split>/class<c>/img<k>.<ext>`` random images of ``size``: an int, (H, W), or a list of
+    (H, W) that image k of each class cycles through (own data comes in many sizes)."""
     from PIL import Image
 
-    h, w = (size, size) if isinstance(size, int) else size
+    sizes = size if isinstance(size, list) else [(size, size) if isinstance(size, int) else size]
     rng = np.random.default_rng(seed)
     for split in splits:
         for c in range(n_classes):
             d = os.path.join(root, split, f"class{c:03d}")
             os.makedirs(d, exist_ok=True)
             for k in range(n_per_class):
+                h, w = sizes[k % len(sizes)]
                 shape = (h, w, 3) if mode == "RGB" else (h, w)
-                Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)).save(os.path.join(d, f"img{k}.png"))
+                Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)).save(os.path.join(d, f"img{k}.{ext}"))
+    return str(root)
+
+
+def make_tinyimagenet(root, n_classes: int = 3, n_train: int = 4, n_val: int = 2, size: int = 64, seed: int = 0,
+                      val_folders: bool = False) -> str:
+    """Write tiny-imagenet-200's layout under ``root/tiny-imagenet-200``: ``wnids.txt``,
+    ``train/<wnid>/images/<wnid>_<k>.JPEG`` (+ ``<wnid>_boxes.txt``), ``val/images/val_<i>.JPEG`` labelled by
+    ``val/val_annotations.txt`` (or, ``val_folders``, val/ sorted into ``<wnid>/images/``), unlabelled
+    ``test/images``. Returns ``root`` (the tinyimagenet reader also finds the sub-folder)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = os.path.join(root, "tiny-imagenet-200")
+    wnids = [f"n{1440764 + 17 * c:08d}" for c in range(n_classes)]
+
+    def save(path, image):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(image).save(path)
+
+    for w in wnids:
+        boxes = []
+        for k in range(n_train):
+            save(os.path.join(base, "train", w, "images", f"{w}_{k}.JPEG"), _images(1, (size, size, 3), rng)[0])
+            boxes.append(f"{w}_{k}.JPEG\t0\t0\t{size - 1}\t{size - 1}\n")
+        with open(os.path.join(base, "train", w, f"{w}_boxes.txt"), "w") as f:
+            f.writelines(boxes)
+    ann, i = [], 0
+    for w in wnids:
+        for _ in range(n_val):
+            name = f"val_{i}.JPEG"
+            sub = os.path.join(w, "images") if val_folders else "images"
+            save(os.path.join(base, "val", sub, name), _images(1, (size, size, 3), rng)[0])
+            ann.append(f"{name}\t{w}\t0\t0\t{size - 1}\t{size - 1}\n")
+            i += 1
+    if not val_folders:
+        with open(os.path.join(base, "val", "val_annotations.txt"), "w") as f:
+            f.writelines(rng.permutation(ann).tolist())
+    save(os.path.join(base, "test", "images", "test_0.JPEG"), _images(1, (size, size, 3), rng)[0])
+    with open(os.path.join(base, "wnids.txt"), "w") as f:
+        f.write("\n".join(wnids) + "\n")
     return str(root)
 
 
