@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import importlib.metadata
 import json
 import math
@@ -190,7 +189,8 @@ def check_torchrun(out, steps, dry):
     params = _json(os.path.join(folder, "parameters.json"))
     with open(os.path.join(folder, "metrics.jsonl")) as f:
         epochs = [json.loads(ln) for ln in f if ln.strip()]
-    nccl = re.search(r"NCCL version (\S+)", "\n".join(_tail(os.path.join(steps, "torchrun.log"), 10 ** 6)))
+    log = "\n".join(_tail(os.path.join(steps, "torchrun.log"), 10 ** 6))
+    nccl = re.search(r"NCCL version (\S+)", log)
     figures = {"status": summary.get("status"), "teacher_acc": summary.get("teacher_acc"),
                "best_acc": summary.get("best_acc"), "last_acc": summary.get("last_acc"),
                "epochs": len(epochs), "img_per_s": [e.get("img_per_s") for e in epochs],
@@ -199,8 +199,8 @@ def check_torchrun(out, steps, dry):
                "nccl": nccl.group(1) if nccl else None}
     if summary.get("status") != "finished" or not epochs or not all(math.isfinite(x) for x in figures["train_loss"]):
         raise StepFailed(f"the student did not finish cleanly: status {summary.get('status')}, {len(epochs)} epochs")
-    if not dry and figures["nccl"] is None:
-        raise StepFailed("no 'NCCL version' line in the log (NCCL_DEBUG=INFO): NCCL did not run")
+    if not dry and "NCCL INFO" not in log:
+        raise StepFailed("no 'NCCL INFO' line in the log (NCCL_DEBUG=INFO): NCCL did not run")
     return figures
 
 
@@ -233,21 +233,25 @@ def step_record(out: str, name: str, title: str, dry: bool) -> dict:
         return rec
     rc = rec["returncode"] = int(rec.pop("rc"))
     rec["timeout_s"] = rec.pop("timeout")
+    problem = None
+    try:  # figures also for failed and timed-out steps, as far as they got
+        rec["figures"] = CHECKS[name](out, steps, dry)
+    except StepFailed as e:
+        problem = str(e)
+    except (OSError, KeyError, ValueError, ET.ParseError) as e:
+        problem = f"its output is missing or unreadable ({type(e).__name__}: {e})"
     if rc in (124, 137):
         rec.update(status="timed_out", reason=f"stopped after its {rec['timeout_s']:.0f} s timeout")
     elif rc != 0:
         last = [ln for ln in _tail(os.path.join(steps, f"{name}.log"), 40) if ln.strip()]
-        err = next((ln for ln in reversed(last) if re.match(r"^(error: |\w*Error|FAILED|E  )", ln)), last[-1] if last else "")
-        rec.update(status="failed", reason=f"exit code {rc}: {err[:300]}")
-    try:  # figures also for failed and timed-out steps, as far as they got
-        rec["figures"] = CHECKS[name](out, steps, dry)
-        if rc == 0:
-            rec["status"] = "passed"
-    except StepFailed as e:
-        rec.update(status="failed" if rc == 0 else rec["status"], reason=rec["reason"] or str(e))
-    except (OSError, KeyError, ValueError, ET.ParseError) as e:
-        if rc == 0:
-            rec.update(status="failed", reason=f"its output is missing or unreadable ({type(e).__name__}: {e})")
+        err = next((ln for ln in reversed(last) if re.match(r"^(error: |\w*Error|FAILED|E  )", ln)),
+                   last[-1] if last else "")
+        rec.update(status="failed", reason=f"exit code {rc}" + (f": {err[:300]}" if err else "")
+                   + (f"; {problem}" if problem else ""))
+    elif problem:
+        rec.update(status="failed", reason=problem)
+    else:
+        rec["status"] = "passed"
     if rec["status"] != "passed":
         rec["log_tail"] = _tail(os.path.join(steps, f"{name}.log"))
     return rec

@@ -72,7 +72,7 @@ step_pytest() {
         "$PY" -m pytest -p no:cacheprovider --collect-only -q -m cuda tests > "$OUT/steps/pytest.collect.txt" || exit $?
         where=$(grep '::' "$OUT/steps/pytest.collect.txt" | cut -d: -f1 | sort -u)
     fi
-    "$PY" -m pytest -p no:cacheprovider -m cuda $where -v -rA --junitxml="$OUT/steps/pytest.xml"
+    "$PY" -m pytest -p no:cacheprovider -m cuda $where -v -ra --junitxml="$OUT/steps/pytest.xml"
 }
 
 step_bench_step() {
