@@ -77,8 +77,12 @@ def env_info(dry: bool) -> dict:
         p = torch.cuda.get_device_properties(0)
         info.update(device=torch.cuda.get_device_name(0), capability=f"{p.major}.{p.minor}",
                     memory_gib=round(p.total_memory / 2 ** 30, 1), gpus=torch.cuda.device_count(),
-                    nccl=".".join(map(str, torch.cuda.nccl.version())),
                     driver=_run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]))
+        try:  # a tuple in recent torch, an int in old ones
+            v = torch.cuda.nccl.version()
+            info["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+        except (AttributeError, RuntimeError):
+            info["nccl"] = None
     else:
         try:
             with open("/proc/cpuinfo") as f:
