@@ -114,3 +114,48 @@ def test_bench_group_smoke(tmp_path):
         assert _positive(r["ratio"]) and 1.0 < r["ideal"] < 2.0 and 0 < r["teacher_share"] < 1
         assert r["fraction_of_ideal"] == pytest.approx(r["ratio"] / r["ideal"])
     assert "group/separate" in proc.stdout
+
+
+def test_gpu_check_dry_run_reports_every_step(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run (CUDA hidden, minimal sizes) runs every step of the GPU check and
+    writes its report, so the script is known to start when a GPU is lent; then the report of the same
+    folder with one step timed out, one failed and one whose output is gone says so, step by step."""
+    out = tmp_path / "gpu_check"
+    env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", os.path.join("benchmarks", "gpu_check.sh"), "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    report = json.load(open(out / "report.json"))
+    steps = {s["name"]: s for s in report["steps"]}
+    assert list(steps) == ["pytest", "bench_step", "bench_compile", "torchrun", "bench_group"]
+    for s in steps.values():
+        assert s["status"] == "passed", (s["name"], s["reason"], s.get("log_tail"))
+        assert s["returncode"] == 0 and 0 < s["seconds"] <= s["timeout_s"] and s["command"].strip()
+        assert os.path.isfile(out / s["log"])
+    meta = report["meta"]
+    assert report["dry_run"] and report["all_passed"] and meta["cuda_available"] is False
+    assert meta["torch"] and meta["device"].startswith("cpu") and meta["date"]
+    tests = steps["pytest"]["figures"]
+    assert tests["counts"] == {"skipped": tests["collected"]} and tests["collected"] >= 8
+    assert all(t["test"].startswith("test_cuda::") for t in tests["tests"])
+    assert "kd/on" in steps["bench_compile"]["figures"]["rows"] and len(steps["bench_step"]["figures"]["rows"]) == 10
+    run = steps["torchrun"]["figures"]
+    assert (run["status"], run["dist_backend"], run["dali"], run["world_size"], run["epochs"]) == \
+        ("finished", "gloo", "cpu", 1, 1)
+    assert [r["K"] for r in steps["bench_group"]["figures"]["rows"]] == [1, 2]
+    md = (out / "report.md").read_text()
+    assert "**5/5 steps passed.**" in md and md.count("| passed |") == 5 and "(dry run, CPU)" in md
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_check
+    (out / "steps" / "bench_group.status").write_text("rc=124 seconds=120.0 timeout=120\n")
+    (out / "steps" / "torchrun.status").write_text("rc=1 seconds=3.0 timeout=150\n")
+    (out / "steps" / "torchrun.log").write_text("Traceback (most recent call last):\nerror: --dali gpu needs CUDA\n")
+    os.remove(out / "bench_step.json")
+    broken = gpu_check.write_report(str(out), dry=True, started=None)
+    status = {s["name"]: (s["status"], s["reason"]) for s in broken["steps"]}
+    assert status["bench_group"][0] == "timed_out" and "120 s timeout" in status["bench_group"][1]
+    assert status["torchrun"] == ("failed", "exit code 1: error: --dali gpu needs CUDA")
+    assert status["bench_step"][0] == "failed" and "bench_step.json" in status["bench_step"][1]
+    assert status["pytest"][0] == status["bench_compile"][0] == "passed" and not broken["all_passed"]
+    assert "**2/5 steps passed.**" in (out / "report.md").read_text()
