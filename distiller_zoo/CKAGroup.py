@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from helper import distributed as dist_util
-from helper.cka import MIN_BATCH_UNBIASED, pool_features, unit_grams
+from helper.cka import MIN_BATCH_UNBIASED, no_autocast, pool_features, unit_grams
 from helper.cka_diagnostics import DEFAULT_POOL, cka_figure, figure_rgb, layer_cka, write_png
 from helper.grouping import STUDENT_SPLITS, block_cka, check_ends, contiguous_groups, group_objective, \
     grouping_objective_curve, groups_from_ends, knee_n_groups, random_groups, student_split, uniform_groups
@@ -346,7 +346,8 @@ class CKAGroup(Distiller):
             t = [_gather(f, False) for f in t] if self.gather else t
             g_t = unit_grams(t, unbiased=self.unbiased)
         g_s = unit_grams(s, unbiased=self.unbiased)
-        return g_s @ g_t.T
+        with no_autocast(g_s.device):  # the unit Grams are float32: keep their product so under --amp
+            return g_s.float() @ g_t.float().T
 
     def group_cka(self, c: torch.Tensor) -> torch.Tensor:
         """Representative CKA of each group's diagonal block: (n,)."""

@@ -52,7 +52,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- internals
 
-def _no_autocast(device: torch.device):
+def no_autocast(device: torch.device):
     """Autocast off for this device type: the CKA products must run in float32 or wider."""
     try:
         return torch.autocast(device_type=device.type, enabled=False)
@@ -129,7 +129,7 @@ def _unit(g: torch.Tensor, eps: float) -> torch.Tensor:
 def gram(x: torch.Tensor) -> torch.Tensor:
     """Uncentred linear Gram X X^T (B x B) of flattened features, in float32 (float64 kept)."""
     x = _flatten(x)
-    with _no_autocast(x.device):
+    with no_autocast(x.device):
         return x @ x.T
 
 
@@ -143,7 +143,7 @@ def center_gram(k: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
         raise ConfigError(f"a Gram matrix must be square (B, B), got shape {tuple(k.shape)}")
     _check_batch(k.shape[0], unbiased)
     k = k.to(_compute_dtype(k))
-    with _no_autocast(k.device):
+    with no_autocast(k.device):
         if unbiased:
             return _u_centre(k)
         return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
@@ -156,7 +156,7 @@ def centered_gram(x: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
     """
     x = _flatten(x)
     _check_batch(x.shape[0], unbiased)
-    with _no_autocast(x.device):
+    with no_autocast(x.device):
         # Centring the features first is exact for both estimators (U-centring is translation
         # invariant too) and avoids the cancellation of centring a Gram with a large mean.
         xc = _centred_features(x, scale=False)
@@ -173,7 +173,7 @@ def unit_gram(x: torch.Tensor, unbiased: bool = False, eps: float = DEFAULT_EPS)
     """
     x = _flatten(x)
     _check_batch(x.shape[0], unbiased)
-    with _no_autocast(x.device):
+    with no_autocast(x.device):
         xc = _centred_features(x, scale=True)
         k = xc @ xc.T
         if unbiased:
@@ -217,7 +217,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False,
     gx = unit_gram(x, unbiased=unbiased, eps=eps)
     gy = unit_gram(y, unbiased=unbiased, eps=eps)
     dtype = torch.promote_types(gx.dtype, gy.dtype)
-    with _no_autocast(gx.device):
+    with no_autocast(gx.device):
         return torch.dot(gx.to(dtype), gy.to(dtype))
 
 
@@ -228,7 +228,7 @@ def hsic(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> torch.Tens
     ky = centered_gram(y, unbiased=unbiased)
     b = kx.shape[0]
     dtype = torch.promote_types(kx.dtype, ky.dtype)
-    with _no_autocast(kx.device):
+    with no_autocast(kx.device):
         s = (kx.to(dtype) * ky.to(dtype)).sum()
         return s / (b * (b - 3)) if unbiased else s / max(b - 1, 1) ** 2
 
@@ -247,7 +247,7 @@ def cka_matrix(feats_a: Sequence[torch.Tensor], feats_b: Sequence[torch.Tensor] 
         raise ConfigError("feats_a and feats_b must come from the same batch: batch sizes "
                           f"{int(round(ga.shape[1] ** 0.5))} and {int(round(gb.shape[1] ** 0.5))} differ")
     dtype = torch.promote_types(ga.dtype, gb.dtype)
-    with _no_autocast(ga.device):
+    with no_autocast(ga.device):
         return ga.to(dtype) @ gb.to(dtype).T
 
 
@@ -292,7 +292,7 @@ class MinibatchCKA:
         for f in feats:
             x = _flatten(f)
             _check_batch(x.shape[0], unbiased=True)
-            with _no_autocast(x.device):
+            with no_autocast(x.device):
                 xc = _centred_features(x, scale=False)
                 k = (xc @ xc.T).double()
                 out.append(_u_centre(k).reshape(-1))

@@ -132,6 +132,19 @@ def test_loss_matches_formula(estimator, reduce, weights, w_ref):
     assert loss.item() == pytest.approx(expected, abs=2e-5)
 
 
+def test_the_cka_matrix_stays_float32_under_bf16_autocast():
+    """--amp: the layers may come in bf16, but the unit Grams and their product are float32 (README)."""
+    d = with_grouping(build(), [2, 4, 5], [1, 3, 6])
+    s, t = layers(S_SHAPES, 7), layers(T_SHAPES, 8)
+    ref = d.cka(s, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = d.cka([x.bfloat16() for x in s], [x.bfloat16() for x in t])
+        same_inputs = d.cka(s, t)
+    assert got.dtype == torch.float32 and same_inputs.dtype == torch.float32
+    torch.testing.assert_close(same_inputs, ref, rtol=0, atol=1e-6)  # autocast does not reach the product
+    torch.testing.assert_close(got, ref, rtol=0, atol=3e-2)          # only the bf16 rounding of the layers
+
+
 def test_unpooled_loss_matches_formula_on_flattened_maps():
     s_ends, t_ends = [2, 5], [3, 6]
     d = with_grouping(build(cka_pool=0), s_ends, t_ends)
