@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from urllib.parse import urlparse
 
 from helper.errors import ConfigError
@@ -73,6 +74,7 @@ def _published_tables():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "published.py")
     spec = importlib.util.spec_from_file_location("kd_published_tables", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # before running it: its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

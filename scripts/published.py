@@ -378,7 +378,7 @@ def pairs_of(source: str) -> list:
 
 def teacher_accuracy(arch: str):
     """RepDistiller's published CIFAR-100 top-1 of teacher ``arch`` (its tables' Teacher row), or None."""
-    for (teacher, _), (mean, _) in SOURCES["repd"][1].get("Teacher", {}).items():
+    for (teacher, _), (mean, _) in SOURCES["repd"].table.get("Teacher", {}).items():
         if teacher == arch:
             return mean
     return None
