@@ -16,7 +16,8 @@ shortcut where there is one (mdistiller takes that BN's statistics anyway), is t
 Teachers without one (ShuffleNets, the seed CNNs) are refused, as in mdistiller.
 
 Published weights (mdistiller's CIFAR-100 config, CFG.OFD.LOSS): ``-c 1 -d 0 -b 0.001``, no warm-up (the
-authors' ``loss_distill.sum() / batch_size / 1000`` is the same scale). Differences from mdistiller: its
+authors' CIFAR ``loss_distill.sum() / batch_size / 1000`` is the same scale; their ImageNet code divides by
+10000: ``-b 0.0001``). Differences from mdistiller: its
 OFD puts the *teacher* in train mode (batch statistics in the teacher's BN, running statistics drifting),
 here the teacher stays frozen in eval mode like every teacher of this loop; stage lists of unequal length
 are aligned from the deepest end for features *and* margins (mdistiller aligns the features only).
