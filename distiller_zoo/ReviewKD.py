@@ -15,11 +15,13 @@ over levels. Shapes and channels come from the probes: a pair's lists are aligne
 per-pair tables do (resnet32x4 -> resnet8x4: in [64, 128, 256, 256], out [64, 128, 256, 256], shapes
 [1, 8, 16, 32] deepest first); ``mid = min(512, C of the student's pooled vector)``.
 
-Published weights: CIFAR-100 ``-c 1 -d 0 -b 5`` with the weight ramped as ``min(epoch / 20, 1)`` (the
-loop's ``--beta_warmup``, this method's default); the authors' script uses -b 8 for ShuffleV2 students,
-0.6 for resnet56 -> resnet20 and 1 for resnet110 -> resnet32. ImageNet: ``-b 1 --beta_warmup 1
---reviewkd_preact`` (the student's pre-activation features, mdistiller's STU_PREACT). Under DDP each rank's
-ABF BatchNorms see its local batch (as mdistiller).
+Published weights: CIFAR-100 ``-c 1 -d 0 -b 5`` with the weight ramped as ``min(epoch / 20, 1)`` over
+1-based epochs (the loop's ``--beta_warmup``, this method's default, as mdistiller; the authors' CIFAR code
+ramps from epoch 0, one epoch later); the authors' script uses -b 8 for ShuffleV2 students, 0.6 for
+resnet56 -> resnet20 and 1 for resnet110 -> resnet32. ImageNet (mdistiller's r34_r18 config):
+``-b 1 --beta_warmup 1 --reviewkd_preact`` (the student's pre-activation features, as the authors'
+ImageNet models return them; their ImageNet code has no loss warm-up). Under DDP each rank's ABF
+BatchNorms see its local batch (as mdistiller).
 """
 from __future__ import annotations
 
