@@ -9,7 +9,6 @@ re-typed verbatim into scratch scripts outside this repository and run on the in
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
 import pytest
