@@ -9,6 +9,11 @@ Every model follows one contract (tests/test_models.py checks it for every name)
 * ``get_classifier()`` returns the final ``nn.Linear``;
 * ``input_shape`` is the (C, H, W) the model expects.
 
+Optional: ``get_bn_before_relu()`` lists, per stage of ``feats[1:-1]``, the BatchNorm whose output (plus
+the residual shortcut, where there is one) is that stage's pre-activation feature; OFD reads the teacher's.
+The resnets, wrns, vggs, ResNet18/34/50 (CIFAR and ImageNet) and MobileNetV2 have it; the ShuffleNets
+(whose pre-activations are concatenations) and the seed CNNs (no BatchNorm) do not.
+
 The 22 RepDistiller names keep RepDistiller's state_dict keys, so its CIFAR-100 teacher checkpoints
 load unchanged. ``ResNet18/34/50`` are the CIFAR nets (as in RepDistiller); the torchvision-compatible
 ImageNet nets are ``ResNet{18,34,50}_imagenet``.

@@ -110,6 +110,11 @@ class MobileNetV2(nn.Module):
     def get_classifier(self):
         return self.classifier[0]
 
+    def get_bn_before_relu(self):
+        """Per stage feature (blocks 1, 2, 4, 6), the last block's projection BatchNorm: its output (plus the
+        residual where the block has one) is the feature, as mdistiller (OFD reads its affine parameters)."""
+        return [self.blocks[i][-1].conv[-1] for i in (1, 2, 4, 6)]
+
     def layer_names(self):
         names = ["conv1"]
         for s, stage in enumerate(self.blocks):

@@ -114,6 +114,13 @@ class ResNet(nn.Module):
     def get_classifier(self):
         return self.linear
 
+    def get_bn_before_relu(self):
+        """Per stage, the BatchNorm whose output plus the shortcut is the stage's pre-activation feature: the
+        last block's ``bn3`` (Bottleneck) or ``bn2`` (BasicBlock), as mdistiller (OFD reads its affine
+        parameters)."""
+        return [stage[-1].bn3 if isinstance(stage[-1], Bottleneck) else stage[-1].bn2
+                for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
+
     def layer_names(self):
         names = ["tap_stem"]
         for stage in ("layer1", "layer2", "layer3", "layer4"):

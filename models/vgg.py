@@ -79,6 +79,14 @@ class VGG(nn.Module):
     def get_classifier(self):
         return self.classifier
 
+    def get_bn_before_relu(self):
+        """Per stage 1-4, the block's last module: the BatchNorm whose output is the stage's pre-activation
+        feature (as mdistiller; OFD reads its affine parameters). A VGG built without BatchNorm has none."""
+        bns = [block[-1] for block in self._blocks()[1:]]
+        if not all(isinstance(bn, nn.BatchNorm2d) for bn in bns):
+            raise NotImplementedError("this VGG has no BatchNorm: its stage outputs come from convolutions")
+        return bns
+
     def layer_names(self):
         names = []
         for b, block in enumerate(self._blocks()):

@@ -97,6 +97,11 @@ class WideResNet(nn.Module):
     def get_classifier(self):
         return self.fc
 
+    def get_bn_before_relu(self):
+        """Per stage, the BatchNorm that makes its pre-activation feature: the next stage's first ``bn1``,
+        then the final ``bn1`` (as mdistiller; OFD reads its affine parameters)."""
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
     def layer_names(self):
         names = ["conv1"]  # the stem is a bare conv: its output is never modified in place
         for stage in ("block1", "block2", "block3"):

@@ -4,7 +4,8 @@
   metrics) when the single process sees, batch by batch, the union of what the two ranks'
   DistributedSamplers draw (rank order), for kd, crd and cka_group --cka_gather on the BatchNorm-free
   seeds/000 CNNs. The ranks of every 2-process run end with bitwise identical parameters, also for hint
-  (an init stage; its regressor has BatchNorm) and simkd -c 0 -d 0 (the student's classifier is unused).
+  (an init stage; its regressor has BatchNorm), simkd -c 0 -d 0 (the student's classifier is unused),
+  reviewkd, ofd and rcka.
 * torchrun runs of train_teacher.py and train_student.py write one checkpoint set, one TensorBoard events
   file, no ``module.`` keys, and resume under torchrun; an mp.spawn run (--multiprocessing-distributed
   --procs_per_node 2) does the same.
@@ -100,13 +101,18 @@ EQUIVALENT = {  # method -> arguments; the teacher is the seeds/000 CNN, the stu
     "cka_group": ["--distill", "cka_group", "-c", "1", "-d", "1", "-b", "1", "--cka_gather", "--cka_images", "32"],
 }
 # with BatchNorm (per-rank batch statistics) the ranks need only agree with each other: hint's init stage
-# (its regressor has BatchNorm), and simkd -c 0 -d 0 (the student's classifier is never used)
+# (its regressor has BatchNorm), simkd -c 0 -d 0 (the student's classifier is never used), reviewkd's ABFs
+# and ofd's connectors; rcka relates the samples of each rank's local batch (a per-rank statistic)
 RANKS_ONLY = {"hint": ["--distill", "hint", "-c", "1", "-d", "0", "-b", "1", "--init_epochs", "1"],
-              "simkd": ["--distill", "simkd", "-c", "0", "-d", "0", "-b", "1"]}
+              "simkd": ["--distill", "simkd", "-c", "0", "-d", "0", "-b", "1"],
+              "reviewkd": ["--distill", "reviewkd", "-c", "1", "-d", "0", "-b", "5"],
+              "ofd": ["--distill", "ofd", "-c", "1", "-d", "0", "-b", "0.001"],
+              "rcka": ["--distill", "rcka", "-c", "1", "-d", "0", "-b", "15"]}
+RESNET_PAIR = {"simkd", "ofd"}  # resnet14 -> resnet8: simkd's projector, ofd's BatchNorm-before-ReLU teacher
 
 
 def method_argv(files, save_dir, name):
-    if name == "simkd":
+    if name in RESNET_PAIR:
         pair = ["--path_t", files["teachers"]["resnet14"], "--model_s", "resnet8"] + RANKS_ONLY[name]
     elif name in RANKS_ONLY:
         pair = ["--path_t", files["teachers"]["cnn_mnist_teacher"], "--model_s", "cnn_mnist_student"] + RANKS_ONLY[name]

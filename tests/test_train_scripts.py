@@ -151,7 +151,7 @@ def test_every_method_trains_saves_and_resumes(name, data_dir, teacher_ckpt, tmp
     assert summary["last_epoch"] == 2 and summary["distill"] == name
 
 
-@pytest.mark.parametrize("name", ["kd", "crd", "cka_group", "hint"])
+@pytest.mark.parametrize("name", ["kd", "crd", "cka_group", "hint", "reviewkd", "ofd", "rcka"])
 def test_student_resume_is_exact(name, data_dir, teacher_ckpt, tmp_path):
     base = ["--path_t", teacher_ckpt, "--model_s", "resnet8", "--data_folder", data_dir, "--deterministic",
             "--lr_decay_epochs", "1", "--skip-validation"] + TINY + _method_args(name)
