@@ -116,8 +116,20 @@ def parse_option(argv=None):
     return opt
 
 
+def method_tag(opt) -> str:
+    """The ``--distill`` part of a run's folder name: the method, plus what the loop options make of it
+    (``+LS`` logit standardisation, ``+DOT`` the DOT optimiser, ``+RA`` a strongly augmented second
+    view), plus a non-offline ``--kd_mode``: KD and KD+LS with the same weights and trial must not share a
+    folder. RepDistiller's names are unchanged for runs without these options."""
+    tag = opt.distill
+    tag += "+LS" if getattr(opt, "logit_stand", False) else ""
+    tag += "+DOT" if getattr(opt, "optimizer", "sgd") == "dot" else ""
+    tag += "+RA" if (getattr(opt, "strong_aug", None) or "none") != "none" else ""
+    return tag if opt.kd_mode == "offline" else f"{tag}-{opt.kd_mode}"
+
+
 def name_run(opt, teacher_arch: str) -> None:
-    distill = opt.distill if opt.kd_mode == "offline" else f"{opt.distill}-{opt.kd_mode}"
+    distill = method_tag(opt)
     opt.model_t = teacher_arch
     opt.model_name = SPLIT.join(["S", f"{opt.model_s}_T", f"{teacher_arch}_{opt.dataset}_{distill}_r",
                                  f"{opt.cls}_a", f"{opt.div}_b", f"{opt.beta}_{opt.trial}"])

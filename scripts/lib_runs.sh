@@ -86,7 +86,24 @@ default_teacher_path() {  # dataset trial -> a TEACHER_PATH pattern, {t} = teach
   echo "$(teacher_folder '{t}' "$1" "$2")/{t}_last.pth"
 }
 
-student_folder() {  # student teacher dataset distill weights trial
+# the --distill part of a student folder name: method + "+LS"/"+DOT"/"+RA" for --logit_stand, --optimizer
+# dot and a --strong_aug view (mlkd has one unless --strong_aug none), as train_student.method_tag names it
+method_tag() {  # distill flags...
+  local m=$1 ls="" dot="" ra=""
+  [[ $m == mlkd ]] && ra="+RA"
+  shift
+  while (($#)); do
+    case $1 in
+      --logit_stand) ls="+LS" ;;
+      --optimizer) [[ ${2:-} == dot ]] && dot="+DOT" ;;
+      --strong_aug) if [[ ${2:-} == none ]]; then ra=""; else ra="+RA"; fi ;;
+    esac
+    shift
+  done
+  echo "$m$ls$dot$ra"
+}
+
+student_folder() {  # student teacher dataset distill-tag weights trial
   local c d b
   read -r c d b <<< "$(weights_cdb "$5")"
   echo "$SAVE/students/models/S:${1}_T:${2}_${3}_${4}_r:$(pyfloat "$c")_a:$(pyfloat "$d")_b:$(pyfloat "$b")_${6}"

@@ -50,7 +50,7 @@ source scripts/lib_runs.sh
 : "${TEACHER_TRIAL:=0}"
 : "${TEACHER_PATH:=$(default_teacher_path "$DATASET" "$TEACHER_TRIAL")}"
 : "${PAIRS:=$REPD_PAIRS}"
-ALL_METHODS="kd hint attention similarity correlation vid rkd pkt abound factor fsp nst kdsvd crd semckd srrl simkd cosine cka_group"
+ALL_METHODS="kd hint attention similarity correlation vid rkd pkt abound factor fsp nst kdsvd crd semckd srrl simkd cosine cka_group reviewkd ofd rcka"
 : "${METHODS:=$ALL_METHODS}"
 
 [[ $TRIALS =~ ^[0-9]+$ ]] || die "TRIALS=$TRIALS: give a number of trials"
@@ -77,11 +77,31 @@ declare -A WEIGHTS=(
   [cosine]="-c 0.5 -d 0 -b 0.5"
   [cka_group]="-c 1 -d 1 -b 1"
   [crd_kd]="-c 1 -d 1 -b 0.8"
+  [reviewkd]="-c 1 -d 0 -b 5"
+  [ofd]="-c 1 -d 0 -b 0.001"
+  [rcka]="-c 1 -d 0 -b 15"
 )
 # extra flags of a row
 declare -A FLAGS=(
   [hint]="--hint_layer 2 --init_epochs 0"
 )
+# per-pair weights where a method's own script sets them (key method:teacher:student, or method:*:student)
+declare -A PAIR_WEIGHTS=(
+  [reviewkd:resnet56:resnet20]="-c 1 -d 0 -b 0.6"     # ReviewKD's CIFAR-100/script/reviewKD.sh
+  [reviewkd:resnet110:resnet32]="-c 1 -d 0 -b 1"
+  [reviewkd:*:ShuffleV2]="-c 1 -d 0 -b 8"
+)
+# per-pair extra flags, same keys (they replace the row's FLAGS)
+declare -A PAIR_FLAGS=()
+
+pair_value() {  # table method teacher student -> the per-pair entry, or the default given as $5
+  local -n tab=$1
+  local k
+  for k in "$2:$3:$4" "$2:*:$4" "$2:$3:*"; do
+    if [[ -n ${tab[$k]+x} ]]; then echo "${tab[$k]}"; return; fi
+  done
+  echo "$5"
+}
 # the --distill name of a row key (crd_kd is a row of crd)
 declare -A DISTILL=([crd_kd]=crd)
 
@@ -140,11 +160,13 @@ for ((trial = 0; trial < TRIALS; trial++)); do
         ((trial > 0)) || note "skip $m on $t -> $s: $why"
         continue
       fi
-      w=${WEIGHTS[$m]}
+      w=$(pair_value PAIR_WEIGHTS "$m" "$t" "$s" "${WEIGHTS[$m]}")
+      f=$(pair_value PAIR_FLAGS "$m" "$t" "$s" "${FLAGS[$m]:-}")
       read -r -a wargs <<< "$w"
-      read -r -a fargs <<< "${FLAGS[$m]:-}"
+      read -r -a fargs <<< "$f"
+      read -r -a xargs_ <<< "$EXTRA_ARGS"
       enqueue "S-${s}_T-${t}_${m}_trial_${trial}" \
-        "$(student_folder "$s" "$t" "$DATASET" "$distill" "$w" "$trial")" "$s" \
+        "$(student_folder "$s" "$t" "$DATASET" "$(method_tag "$distill" "${fargs[@]}" "${xargs_[@]}")" "$w" "$trial")" "$s" \
         "$PYTHON" train_student.py --path_t "$path_t" --model_s "$s" --distill "$distill" "${wargs[@]}" \
         "${fargs[@]}" --dataset "$DATASET" --data_folder "$DATA" --trial "$trial" --save_dir "$SAVE"
     done

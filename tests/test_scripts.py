@@ -88,7 +88,7 @@ def bash_table(script: str, name: str) -> dict:
     """A `declare -A NAME=( [k]="v" ... )` table of a script."""
     text = open(os.path.join(SCRIPTS, script)).read()
     body = re.search(rf"declare -A {name}=\((.*?)\n\)", text, re.S).group(1)
-    return {k: v1 or v2 for k, v1, v2 in re.findall(r'\[(\w+)\]=(?:"([^"]*)"|(\S+))', body)}
+    return {k: v1 or v2 for k, v1, v2 in re.findall(r'\[([\w:*]+)\]=(?:"([^"]*)"|(\S+))', body)}
 
 
 def test_vanilla_dry_run_trains_every_model_of_every_pair(tmp_path):
@@ -130,6 +130,9 @@ def expected_skips() -> set:
 
 
 def test_distill_dry_run_every_method_published_weights(tmp_path):
+    global PAIR_W
+    PAIR_W = bash_table("run_cifar_distill.sh", "PAIR_WEIGHTS")
+    assert PAIR_W and all(k.count(":") == 2 for k in PAIR_W)
     cmds, notes = dry("run_cifar_distill.sh", tmp_path, TRIALS=1, DATA="/data/c100")
     ran = set()
     for cmd in cmds:
@@ -139,8 +142,11 @@ def test_distill_dry_run_every_method_published_weights(tmp_path):
         assert opt.data_folder == "/data/c100" and opt.dataset == "cifar100" and opt.trial == "0"
         t = re.search(r"models/(\w+?)_vanilla_cifar100_trial_0/(\w+)_last\.pth$", opt.path_t)
         assert t and t.group(1) == t.group(2) and opt.path_t.startswith(str(tmp_path / "save"))
-        # the weights of each method are its distiller's published (recommended) ones
-        assert (opt.cls, opt.div, opt.beta) == weights_of(DISTILLERS[opt.distill].recommended), cmd
+        # the weights of each method are its distiller's published (recommended) ones, or the per-pair
+        # ones its own scripts use (PAIR_WEIGHTS)
+        override = next((PAIR_W[k] for k in (f"{opt.distill}:{t.group(1)}:{opt.model_s}", f"{opt.distill}:*:{opt.model_s}")
+                         if k in PAIR_W), None)
+        assert (opt.cls, opt.div, opt.beta) == weights_of(override or DISTILLERS[opt.distill].recommended), cmd
         if opt.distill == "hint":  # RepDistiller's joint FitNet on feats[2]
             assert opt.hint_layer == 2 and opt.init_epochs == 0
         else:
@@ -239,6 +245,20 @@ def test_cifar_run_folder_names_match_train_student(tmp_path):
         assert line == opt.save_folder
     opt = train_teacher.parse_option(["--model", "vgg8", "--dataset", "cifar100", "--trial", "1", "--save_dir", "S"])
     assert lines[-1] == opt.save_folder
+
+
+@pytest.mark.parametrize("distill, flags", [
+    ("kd", ""), ("kd", "--logit_stand --kd_T 2"), ("kd", "--optimizer dot"), ("kd", "--strong_aug randaugment"),
+    ("kd", "--logit_stand --optimizer dot --strong_aug randaugment"), ("kd", "--optimizer sgd --strong_aug none"),
+    ("crd", "--logit_stand")])
+def test_method_tag_of_the_scripts_is_train_students(distill, flags):
+    """Loop options that change the method (LS, DOT, a second view) change the folder name alike in bash
+    (lib_runs.sh method_tag, used for SKIP_DONE/RESUME) and in train_student.py."""
+    out = subprocess.run(["bash", "-c", f"source scripts/lib_runs.sh; method_tag {distill} {flags}"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    opt = train_student.parse_option(["--path_t", "x.pth", "--distill", distill, "-b", "1"] + flags.split())
+    assert out == train_student.method_tag(opt)
+    assert (out == distill) == (flags in ("", "--optimizer sgd --strong_aug none"))
 
 
 def test_finished_runs_are_skipped_and_unfinished_ones_resumed(tmp_path):
