@@ -7,8 +7,9 @@ Relations instead of exact probabilities: with ``y = softmax(z / tau)`` for a ba
     L     = tau^2 * (beta * inter + gamma * intra)
 
 with ``pearson(a, b) = <a - mean a, b - mean b> / (|a - mean a| |b - mean b| + 1e-8)``, as the authors'
-``dist_kd.py`` (hunto/image_classification_sota; DIST(beta, gamma, tau)). The intra-class term is a
-statistic of the whole batch: each process of a DDP run correlates over its own batch.
+``dist_kd.py`` (hunto/image_classification_sota; its ImageNet loss is the tau = 1 case) with the paper's
+tau^2 factor for tau != 1. The intra-class term is a statistic of the whole batch: each process of a DDP run
+correlates over its own batch.
 
 Published: ``-c 1 -d 0 -b 2``, beta = gamma = 1, tau 4 on CIFAR-100, tau 1 on ImageNet. ``--dist_tau``
 defaults to the loop's ``--kd_T`` (4), so a script that sets ``--kd_T 1`` for ImageNet's logit methods sets

@@ -151,10 +151,17 @@ def test_every_method_trains_saves_and_resumes(name, data_dir, teacher_ckpt, tmp
     assert summary["last_epoch"] == 2 and summary["distill"] == name
 
 
-@pytest.mark.parametrize("name", ["kd", "crd", "cka_group", "hint"])
+# extra flags per resume case: ctkd's learned temperature and per-epoch curriculum (a 2-epoch one, so that
+# lambda changes across the resume point); dkd with its beta warm-up default, logit standardisation and DOT's
+# two momentum buffers in the optimizer state
+RESUME = {"kd": [], "crd": [], "cka_group": [], "hint": [], "ctkd": ["--ctkd_loops", "2"],
+          "dkd": ["--logit_stand", "--optimizer", "dot"]}
+
+
+@pytest.mark.parametrize("name", list(RESUME))
 def test_student_resume_is_exact(name, data_dir, teacher_ckpt, tmp_path):
     base = ["--path_t", teacher_ckpt, "--model_s", "resnet8", "--data_folder", data_dir, "--deterministic",
-            "--lr_decay_epochs", "1", "--skip-validation"] + TINY + _method_args(name)
+            "--lr_decay_epochs", "1", "--skip-validation"] + TINY + _method_args(name) + RESUME[name]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     run_ok(train_student.main, base + ["--epochs", "2", "--save_dir", one])
     run_ok(train_student.main, base + ["--epochs", "1", "--save_dir", two])
@@ -208,6 +215,8 @@ def test_bad_input_is_one_line_and_exit_2(data_dir, teacher_ckpt, tmp_path, caps
                                     capsys)
     assert "-b" in run_fails(train_student.main, base + ["--path_t", teacher_ckpt, "--distill", "attention"], capsys)
     assert "nope" in run_fails(train_student.main, base + ["--path_t", teacher_ckpt, "--distill", "nope"], capsys)
+    assert "-d" in run_fails(train_student.main, base + ["--path_t", teacher_ckpt, "--distill", "ctkd", "-d", "0"],
+                             capsys)   # a learned KD temperature without a KD term
     assert "does not exist" in run_fails(train_student.main, base + ["--path_t", str(tmp_path / "x.pth")], capsys)
     assert "no such file" in run_fails(train_student.main, base + ["--path_t", teacher_ckpt, "--resume",
                                                                     str(tmp_path / "r.pth")], capsys)
