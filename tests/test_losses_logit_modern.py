@@ -273,6 +273,45 @@ def test_mlkd_weights_map_onto_the_loop_and_its_defaults():
         build("mlkd", "--kd_T", "-1")
 
 
+def test_mlkd_sees_both_views_through_the_loop():
+    """A batch that carries a second view (as the --strong_aug loader will serve it): the loop runs the
+    student and the teacher on both views, the CE term sums both, and mlkd's term is its two-view sum."""
+    from helper.loops import Run, to_batch, train_one_epoch
+    from helper.teachers import FrozenTeacher
+    from models import model_dict
+    torch.manual_seed(0)
+    student, teacher = model_dict["cnn_mnist_student"](num_classes=10), model_dict["cnn_mnist_teacher"](num_classes=10)
+    gen = torch.Generator().manual_seed(3)
+    weak, strong = torch.randn(8, 1, 28, 28, generator=gen), torch.randn(8, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (8,), generator=gen)
+    probe = Outputs(logits=torch.zeros(2, 10))
+    opt = make_opt("mlkd", "-c", "0.1", "-d", "0", "-b", "0.9", "--print_freq", "0")
+    d = build_distiller("mlkd", BuildContext(opt=opt, s_probe=probe, t_probe=probe, model_s=student, model_t=teacher,
+                                             num_classes=10, n_train=8, local_batch_size=8))
+    inner = DistillStudent(student, d, opt)
+    frozen = FrozenTeacher(teacher)
+    frozen.strong = True
+    batch = to_batch(((weak, strong), y, torch.arange(8)), "cpu")
+    assert torch.equal(batch.images_strong, strong)
+    inner.train()
+    inner.set_epoch(1)
+    t_out = frozen.outputs(weak)
+    t_out.strong = frozen.outputs(strong)
+    res = inner(batch, t_out)
+    with torch.no_grad():
+        z_w, z_s, t_w, t_s = student(weak), student(strong), teacher(weak), teacher(strong)
+    ce = torch.nn.functional.cross_entropy
+    assert res["loss_cls"].item() == pytest.approx((ce(z_w, y) + ce(z_s, y)).item(), rel=1e-5)
+    assert res["loss_kd"].item() == pytest.approx(mlkd_loss(z_w, t_w, z_s, t_s, 4.0).item(), rel=1e-5)
+    assert res["loss_kd"].item() != pytest.approx(mlkd_loss(z_w, t_w, None, None, 4.0).item(), rel=1e-3)
+    # and one epoch of the real loop on such batches trains
+    sgd = torch.optim.SGD(inner.parameters(), lr=0.01, momentum=0.9)
+    before = [p.detach().clone() for p in student.parameters()]
+    stats = train_one_epoch(1, [((weak, strong), y, torch.arange(8))] * 2, [Run(opt, inner, sgd, frozen)], "cpu")
+    assert stats[0] is not None and math.isfinite(stats[0]["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
 # ---- CTKD --------------------------------------------------------------------------------------------------
 
 def test_ctkd_curriculum_is_the_codes_cosine_decay_negated():
