@@ -83,7 +83,7 @@ def mlkd_loss(s_weak: torch.Tensor, t_weak: torch.Tensor, s_strong=None, t_stron
 @register("mlkd")
 class MLKD(Distiller):
     needs = frozenset()
-    recommended = "-c 0.1 -d 0 -b 0.9 --learning_rate 0.025"   # MLKD configs/cifar100/ours (CE 0.1, KD 0.9)
+    recommended = "-c 0.1 -d 0 -b 0.9"   # MLKD configs/cifar100/ours: CE 0.1, KD 0.9 (and lr 0.025, a protocol flag)
     defaults = {"strong_aug": "randaugment"}                   # its trainer feeds weak + strong views
 
     def __init__(self, ctx):

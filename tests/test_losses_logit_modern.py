@@ -140,6 +140,18 @@ def loop_losses(d, s, t, targets, epoch=1):
     return inner.losses(s, Batch(images=torch.zeros(len(targets), 1), targets=targets), t)
 
 
+def test_recommended_settings_are_the_published_ones():
+    expected = {"dkd": "-c 1 -d 0 -b 1 --dkd_beta 8", "dist": "-c 1 -d 0 -b 2", "mlkd": "-c 0.1 -d 0 -b 0.9",
+                "ctkd": "-c 0.1 -d 0.9"}
+    for name, rec in expected.items():
+        cls = type(build(name))
+        assert cls.recommended == rec, name
+        make_opt(name, *rec.split())   # every flag of it parses
+    assert type(build("dkd")).defaults == {"beta_warmup": 20}
+    assert type(build("mlkd")).defaults == {"strong_aug": "randaugment"}
+    assert not type(build("ctkd")).has_loss and type(build("dist")).has_loss
+
+
 # ---- DKD ---------------------------------------------------------------------------------------------------
 
 DKD_SETTINGS = {"a1_b8_T4": (1.0, 8.0, 4.0), "a1_b0.5_T1": (1.0, 0.5, 1.0), "a0_b1_T4": (0.0, 1.0, 4.0),
