@@ -26,7 +26,7 @@ from helper.forward import ModelRunner, compile_model, transform_key
 from helper.logger import RunLogger
 from helper.loops import DistillStudent, Run, train_one_epoch, uses_strong_view, validate
 from helper.mixup import Mixup
-from helper.optim import build_optimizer
+from helper.optim import build_optimizer, reduces_own_gradients
 from helper.options import add_common_args, finish_common
 from helper.pretrained import check_published_accuracy
 from helper.teachers import EMATeacher, FrozenTeacher, PeerTeacher
@@ -299,7 +299,7 @@ def train_students(opts: list, device) -> list:
                                layer_transform=built[0].distiller.layer_transform)]
     else:
         teachers = [PeerTeacher(model_t, union, layer_transform=built[0].distiller.layer_transform)]
-        teachers[0].wrapped = wrap_ddp(model_t, opt0, device)
+        teachers[0].wrapped = wrap_ddp(model_t, opt0, device, manual_sync=reduces_own_gradients(opt0))
     teachers[0].strong = any(uses_strong_view(o) for o in opts)
     teacher_acc = None
     if opt0.kd_mode == "offline" and not opt0.skip_validation:
@@ -342,7 +342,7 @@ def train_students(opts: list, device) -> list:
         if run.inner.distiller.init_stage and run.opt.init_epochs > 0 and run not in pending:
             run.inner.distiller.finish_init()  # resumed after its init stage
         o = run.opt
-        run.step_module = wrap_ddp(run.inner, o, device)
+        run.step_module = wrap_ddp(run.inner, o, device, manual_sync=reduces_own_gradients(o))
         run.optimizer = build_optimizer(list(run.inner.parameters()) + list(run.teacher.parameters()), o)
         if run.ckpt is not None:
             run.restore(run.ckpt)

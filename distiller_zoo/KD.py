@@ -30,6 +30,16 @@ def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, T, stand: bool = Fal
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
 
 
+def view_pairs(s, t) -> list:
+    """``(student logits, teacher logits)`` of each view of the batch: the weak one and, under
+    ``--strong_aug``, the strong one. A logit method sums its own term over them, as the loop sums its CE
+    and KD terms."""
+    pairs = [(s.logits, t.logits)]
+    if s.strong is not None and t.strong is not None:
+        pairs.append((s.strong.logits, t.strong.logits))
+    return pairs
+
+
 @register("kd")
 class KD(Distiller):
     """Logit distillation only: the loop's div term carries it."""

@@ -290,11 +290,26 @@ def fit(runs: list, data, device, mixup=None, log=print) -> list:
     return summaries
 
 
-def wrap_ddp(module: nn.Module, opt, device):
+class NoSyncDDP(nn.Module):
+    """DDP whose forward runs under ``no_sync``: parameters broadcast from rank 0 at construction, buffers
+    before every forward, and no gradient reduction by DDP, for an optimiser that averages its gradients
+    itself (DOT, helper.optim.reduces_own_gradients)."""
+
+    def __init__(self, ddp: nn.Module):
+        super().__init__()
+        self.ddp = ddp
+
+    def forward(self, *args, **kwargs):
+        with self.ddp.no_sync():
+            return self.ddp(*args, **kwargs)
+
+
+def wrap_ddp(module: nn.Module, opt, device, manual_sync: bool = False):
     """DDP over the trainable module only (the teacher never); SyncBatchNorm first if asked.
 
     ``static_graph``: the same parameters are used every step, so parameters a configuration never
     uses (a student classifier under SimKD's -c 0 -d 0) need no find_unused_parameters traversal.
+    ``manual_sync``: the optimiser averages the gradients over ranks itself (DOT): :class:`NoSyncDDP`.
     """
     if not getattr(opt, "distributed", False):
         return module
@@ -310,6 +325,8 @@ def wrap_ddp(module: nn.Module, opt, device):
     if ignore:
         DDP._set_params_and_buffers_to_ignore_for_model(module, ignore)
     ids = [device.index] if device.type == "cuda" else None
+    if manual_sync:
+        return NoSyncDDP(DDP(module, device_ids=ids))
     return DDP(module, device_ids=ids, static_graph=True)
 
 

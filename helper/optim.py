@@ -73,12 +73,20 @@ class DOT(torch.optim.Optimizer):
                     p.add_(buf, alpha=-lr)
 
 
+def reduces_own_gradients(opt) -> bool:
+    """Whether the run's optimiser takes the task and distillation gradients apart (DOT). Under DDP those
+    are averaged over ranks by :func:`backward_and_step`, not by DDP's reducer, which serves one gradient
+    per forward (``torch.autograd.grad`` before the backward left the ranks' task gradients unreduced under
+    ``static_graph``): helper.engine.wrap_ddp then runs DDP's forward under ``no_sync``."""
+    return getattr(opt, "optimizer", "sgd") == "dot"
+
+
 def backward_and_step(optimizer, res: dict, extra=None) -> None:
     """Backward and optimiser step of one training step. ``res`` holds ``loss`` and its split into
     ``loss_task`` (CE) and ``loss_distill`` (the rest); ``extra`` is a loss the teacher adds (online
     peers). An optimiser with ``split_step`` (DOT) gets the two gradients apart: the distillation one by
-    ``torch.autograd.grad`` (which leaves DDP's hooks alone; averaged over ranks here), the task one by
-    the ordinary backward (averaged by DDP)."""
+    ``torch.autograd.grad``, the task one by the ordinary backward; under DDP both are averaged over the
+    ranks here, in one all-reduce (see :func:`reduces_own_gradients`)."""
     optimizer.zero_grad(set_to_none=True)
     if not hasattr(optimizer, "split_step"):
         loss = res["loss"] if extra is None else res["loss"] + extra
@@ -93,12 +101,14 @@ def backward_and_step(optimizer, res: dict, extra=None) -> None:
     if distill.requires_grad:
         grads = torch.autograd.grad(distill, params, retain_graph=True, allow_unused=True)
         kd = {p: g for p, g in zip(params, grads) if g is not None}
-        if kd and dist_util.is_dist() and dist_util.world_size() > 1:
-            flat = dist_util.all_reduce_sum(torch.cat([g.flatten() for g in kd.values()])) / dist_util.world_size()
-            kd = dict(zip(kd, flat.split([g.numel() for g in kd.values()])))
-            kd = {p: g.view_as(p) for p, g in kd.items()}
     if res["loss_task"].requires_grad:
         res["loss_task"].backward()
+    if dist_util.is_dist() and dist_util.world_size() > 1:
+        grads = [p.grad for p in params if p.grad is not None] + list(kd.values())
+        if grads:
+            flat = dist_util.all_reduce_sum(torch.cat([g.flatten() for g in grads])) / dist_util.world_size()
+            for g, avg in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(avg.view_as(g))
     optimizer.split_step(kd)
 
 

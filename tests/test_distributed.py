@@ -2,10 +2,10 @@
 
 * Equivalence: 2 processes x batch 8 and 1 process x batch 16 reach the same weights (and log the same
   metrics) when the single process sees, batch by batch, the union of what the two ranks'
-  DistributedSamplers draw (rank order), for kd, crd and cka_group --cka_gather on the BatchNorm-free
-  seeds/000 CNNs. The ranks of every 2-process run end with bitwise identical parameters, also for hint
-  (an init stage; its regressor has BatchNorm), simkd -c 0 -d 0 (the student's classifier is unused),
-  reviewkd, ofd and rcka.
+  DistributedSamplers draw (rank order), for kd, crd, cka_group --cka_gather, dkd --logit_stand, ctkd and
+  kd --optimizer dot on the BatchNorm-free seeds/000 CNNs. The ranks of every 2-process run end with bitwise
+  identical parameters, also for hint (an init stage; its regressor has BatchNorm), simkd -c 0 -d 0 (the
+  student's classifier is unused), reviewkd, ofd, rcka, dist and mlkd (per-process batch statistics).
 * torchrun runs of train_teacher.py and train_student.py write one checkpoint set, one TensorBoard events
   file, no ``module.`` keys, and resume under torchrun; an mp.spawn run (--multiprocessing-distributed
   --procs_per_node 2) does the same.
@@ -99,15 +99,21 @@ EQUIVALENT = {  # method -> arguments; the teacher is the seeds/000 CNN, the stu
     "kd": ["--distill", "kd", "-c", "1", "-d", "1"],
     "crd": ["--distill", "crd", "-c", "1", "-d", "0", "-b", "0.8", "--nce_k", "16", "--feat_dim", "16"],
     "cka_group": ["--distill", "cka_group", "-c", "1", "-d", "1", "-b", "1", "--cka_gather", "--cka_images", "32"],
+    "dkd": ["--distill", "dkd", "-c", "1", "-d", "0", "-b", "1", "--logit_stand"],
+    "ctkd": ["--distill", "ctkd", "-c", "0.1", "-d", "0.9", "--ctkd_loops", "2"],   # its temperature: DDP-reduced
+    "kd_dot": ["--distill", "kd", "-c", "1", "-d", "1", "--optimizer", "dot"],     # DOT's own all-reduce
 }
 # with BatchNorm (per-rank batch statistics) the ranks need only agree with each other: hint's init stage
 # (its regressor has BatchNorm), simkd -c 0 -d 0 (the student's classifier is never used), reviewkd's ABFs
-# and ofd's connectors; rcka relates the samples of each rank's local batch (a per-rank statistic)
+# and ofd's connectors; rcka, dist and mlkd are statistics of each process's batch (rcka's sample relations,
+# DIST's intra-class correlation, MLKD's batch/class matrices and median masks), as in their own DDP code
 RANKS_ONLY = {"hint": ["--distill", "hint", "-c", "1", "-d", "0", "-b", "1", "--init_epochs", "1"],
               "simkd": ["--distill", "simkd", "-c", "0", "-d", "0", "-b", "1"],
               "reviewkd": ["--distill", "reviewkd", "-c", "1", "-d", "0", "-b", "5"],
               "ofd": ["--distill", "ofd", "-c", "1", "-d", "0", "-b", "0.001"],
-              "rcka": ["--distill", "rcka", "-c", "1", "-d", "0", "-b", "15"]}
+              "rcka": ["--distill", "rcka", "-c", "1", "-d", "0", "-b", "15"],
+              "dist": ["--distill", "dist", "-c", "1", "-d", "0", "-b", "2"],
+              "mlkd": ["--distill", "mlkd", "-c", "0.1", "-d", "0", "-b", "0.9"]}
 RESNET_PAIR = {"simkd", "ofd"}  # resnet14 -> resnet8: simkd's projector, ofd's BatchNorm-before-ReLU teacher
 
 

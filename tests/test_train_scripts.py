@@ -119,6 +119,16 @@ def test_teacher_resume_is_exact(data_dir, tmp_path):
 
 # ------------------------------------------------------------------------------------------ students
 
+SEP_ = ":" if os.name != "nt" else "~"
+
+
+def folder_of(argv) -> str:
+    """The run folder train_student.py names for ``argv`` (loop options tag the method: dkd+LS+DOT, mlkd+RA)."""
+    opt = train_student.parse_option(argv)
+    train_student.name_run(opt, "resnet14")
+    return opt.save_folder
+
+
 # -b 1 for every method but CC, whose unnormalised embedding correlation diverges at 1 on these tiny random
 # models (NaN in epoch 2: the loop then stops the run); 0.02 is its published weight
 BETA = {"correlation": "0.02"}
@@ -140,7 +150,8 @@ def test_every_method_trains_saves_and_resumes(name, data_dir, teacher_ckpt, tmp
     argv = ["--path_t", teacher_ckpt, "--model_s", "resnet8", "--data_folder", data_dir, "--save_dir", save,
             "--skip-validation"] + TINY + _method_args(name)
     run_ok(train_student.main, argv + ["--epochs", "1"])
-    folder = student_folder(save, "resnet8", "resnet14", name, "1.0", "1.0", str(float(_beta(name))))
+    folder = folder_of(argv)
+    assert os.path.basename(folder).startswith(f"S{SEP_}resnet8_T{SEP_}resnet14_cifar100_{name}")
     last = os.path.join(folder, "resnet8_last.pth")
     ckpt = load_file(last)
     assert ckpt["epoch"] == 1 and ckpt["distill"] == name and ckpt["teacher_arch"] == "resnet14"
@@ -151,14 +162,21 @@ def test_every_method_trains_saves_and_resumes(name, data_dir, teacher_ckpt, tmp
     assert summary["last_epoch"] == 2 and summary["distill"] == name
 
 
-@pytest.mark.parametrize("name", ["kd", "crd", "cka_group", "hint", "reviewkd", "ofd", "rcka"])
+# extra flags per resume case: ctkd's learned temperature and per-epoch curriculum (a 2-epoch one, so that
+# lambda changes across the resume point); dkd with its beta warm-up default, logit standardisation and DOT's
+# two momentum buffers in the optimizer state
+RESUME = {"kd": [], "crd": [], "cka_group": [], "hint": [], "ctkd": ["--ctkd_loops", "2"],
+          "dkd": ["--logit_stand", "--optimizer", "dot"], "reviewkd": [], "ofd": [], "rcka": []}
+
+
+@pytest.mark.parametrize("name", list(RESUME))
 def test_student_resume_is_exact(name, data_dir, teacher_ckpt, tmp_path):
     base = ["--path_t", teacher_ckpt, "--model_s", "resnet8", "--data_folder", data_dir, "--deterministic",
-            "--lr_decay_epochs", "1", "--skip-validation"] + TINY + _method_args(name)
+            "--lr_decay_epochs", "1", "--skip-validation"] + TINY + _method_args(name) + RESUME[name]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     run_ok(train_student.main, base + ["--epochs", "2", "--save_dir", one])
     run_ok(train_student.main, base + ["--epochs", "1", "--save_dir", two])
-    rel = os.path.relpath(student_folder(two, "resnet8", "resnet14", name, "1.0", "1.0", str(float(_beta(name)))), two)
+    rel = os.path.relpath(folder_of(base + ["--save_dir", two]), two)
     last2 = os.path.join(two, rel, "resnet8_last.pth")
     run_ok(train_student.main, base + ["--epochs", "2", "--save_dir", two, "--resume", last2])
     a, b = load_file(os.path.join(one, rel, "resnet8_last.pth")), load_file(last2)
@@ -208,6 +226,8 @@ def test_bad_input_is_one_line_and_exit_2(data_dir, teacher_ckpt, tmp_path, caps
                                     capsys)
     assert "-b" in run_fails(train_student.main, base + ["--path_t", teacher_ckpt, "--distill", "attention"], capsys)
     assert "nope" in run_fails(train_student.main, base + ["--path_t", teacher_ckpt, "--distill", "nope"], capsys)
+    assert "-d" in run_fails(train_student.main, base + ["--path_t", teacher_ckpt, "--distill", "ctkd", "-d", "0"],
+                             capsys)   # a learned KD temperature without a KD term
     assert "does not exist" in run_fails(train_student.main, base + ["--path_t", str(tmp_path / "x.pth")], capsys)
     assert "no such file" in run_fails(train_student.main, base + ["--path_t", teacher_ckpt, "--resume",
                                                                     str(tmp_path / "r.pth")], capsys)
