@@ -15,8 +15,9 @@
 #   PER_GPU       runs at a time on each GPU (default 1)
 #   DATA          folder holding cifar-100-python/ (default ./data)
 #   DATASET       cifar100 (default)
-#   METHODS       space-separated --distill names (default: all of them, below); "crd_kd" adds the CRD
-#                 paper's CRD+KD row (-c 1 -d 1 -b 0.8), which is not in the default list
+#   METHODS       space-separated row names (default: every method, below, and the LS/DOT rows
+#                 kd_ls dkd_ls mlkd_ls kd_dot); "crd_kd" adds the CRD paper's CRD+KD row (-c 1 -d 1 -b 0.8),
+#                 which is not in the default list
 #   PAIRS         space-separated teacher:student pairs (default: the 11 standard pairs)
 #   TEACHER_TRIAL which teacher trial teaches every student trial (default 0)
 #   TEACHER_PATH  teacher checkpoint, {t} = teacher name (default
@@ -24,17 +25,30 @@
 #                 TEACHER_PATH='save/models/{t}_vanilla/ckpt_epoch_240.pth' for RepDistiller's files
 #   SAVE, LOG_DIR, DRY_RUN, SKIP_DONE, RESUME, EXTRA_ARGS, PYTHON: see scripts/lib_runs.sh
 #
-# Weights (= each distiller's `recommended` attribute; tests/test_scripts.py checks this):
+# Weights (= each distiller's `recommended` attribute, or the per-pair setting of the method's own scripts
+# in PAIR_WEIGHTS / PAIR_FLAGS; tests/test_scripts.py checks this):
 #   RepDistiller rows: kd -c 0.1 -d 0.9; every other RepDistiller method -c 1 -d 0 -b <beta>.
-#   FitNet: RepDistiller's FitNet is *joint* training on feats[2] (no hint stage 1; mdistiller#29),
-#     so the row is --distill hint --hint_layer 2 --init_epochs 0 (our defaults are SemCKD's
-#     --hint_layer 1 and a 30-epoch stage 1).
+#   FitNet: RepDistiller's FitNet is *joint* training on feats[2] (no hint stage 1; mdistiller#29): the
+#     method's defaults (--hint_layer 2 --init_epochs 0), spelt out in the row.
 #   AB, FT, FSP keep their 30-epoch init stage (--init_epochs default 30), as RepDistiller.
-#   CRD draws its 16384 negatives per batch on the device (--crd_sampler batch, with replacement);
-#     EXTRA_ARGS="--crd_sampler dataset" draws them per sample in the loader, as RepDistiller does.
+#   CRD draws its 16384 negatives per batch on the device, K distinct per anchor as RepDistiller's loader
+#     does; EXTRA_ARGS="--crd_sampler dataset" draws them per sample in the loader instead.
 #   SemCKD/SRRL: SemCKD's and SimKD's protocol (-c 1 -d 1), SimKD -c 0 -d 0 -b 1; cosine: seeds/004's
 #     0.5/0.5; cka_group: ours (-c 1 -d 1 -b 1). Compare each with the published row of its own protocol.
-#
+#   2022-2024 rows (mdistiller's and the authors' configs): dkd -c 1 -d 0 -b 1 with --dkd_beta 8 (6 for
+#     wrn_16_2, wrn_40_1, vgg8, vgg13->MobileNetV2; 2 for resnet20/resnet32 students) and its 20-epoch
+#     warm-up (the method's default); reviewkd -b 5 (8 for ShuffleV2, 0.6 resnet56->resnet20, 1
+#     resnet110->resnet32) with its warm-up; ofd -b 0.001; dist -b 2 (tau 4); mlkd -c 0.1 -b 0.9 at lr
+#     0.025 (0.01 for ShuffleNet/MobileNet) with its strongly augmented second view (the method's default:
+#     MLKD's published rows also trained 480 epochs; EXTRA_ARGS="--epochs 480 --lr_decay_epochs ..." for
+#     that); ctkd (KD+CTKD) -c 0.1 -d 0.9; rcka -b 15 (the authors' script).
+#   Loop-option rows (their folders are tagged kd+LS, kd+DOT, ...): kd_ls = KD+LS -c 0.1 -d 9 --kd_T 2
+#     (vgg8: T 3); dkd_ls = DKD+LS, the KD weight on DKD's alpha and beta (-b 9; vgg8 -b 15 beta 2,
+#     wrn_16_2 -b 12 beta 2) at base T 2; mlkd_ls = MLKD+LS -b 9 (vgg8: 6) at T 2; kd_dot = KD+DOT
+#     --optimizer dot --dot_delta 0.075. The LS README gives (T, weight[, beta]) per pair; its DKD code
+#     multiplies beta by the weight twice and leaves DKD's T at 4, so what its DKD+LS rows ran is unclear:
+#     we run the stated intent.
+
 # Skip rule (printed as '# skip' notes): a method runs on a pair unless its shapes cannot match:
 #   fsp, kdsvd  compare stage features channel by channel: they need identical channel widths at every
 #               feature stage (WIDTHS below), i.e. same-width pairs only (RepDistiller: FSP "N/A");
@@ -50,7 +64,7 @@ source scripts/lib_runs.sh
 : "${TEACHER_TRIAL:=0}"
 : "${TEACHER_PATH:=$(default_teacher_path "$DATASET" "$TEACHER_TRIAL")}"
 : "${PAIRS:=$REPD_PAIRS}"
-ALL_METHODS="kd hint attention similarity correlation vid rkd pkt abound factor fsp nst kdsvd crd semckd srrl simkd cosine cka_group reviewkd ofd rcka"
+ALL_METHODS="kd hint attention similarity correlation vid rkd pkt abound factor fsp nst kdsvd crd semckd srrl simkd cosine cka_group reviewkd ofd rcka dkd dist mlkd ctkd kd_ls dkd_ls mlkd_ls kd_dot"
 : "${METHODS:=$ALL_METHODS}"
 
 [[ $TRIALS =~ ^[0-9]+$ ]] || die "TRIALS=$TRIALS: give a number of trials"
@@ -80,19 +94,52 @@ declare -A WEIGHTS=(
   [reviewkd]="-c 1 -d 0 -b 5"
   [ofd]="-c 1 -d 0 -b 0.001"
   [rcka]="-c 1 -d 0 -b 15"
+  [dkd]="-c 1 -d 0 -b 1"
+  [dist]="-c 1 -d 0 -b 2"
+  [mlkd]="-c 0.1 -d 0 -b 0.9"
+  [ctkd]="-c 0.1 -d 0.9 -b 0"
+  [kd_ls]="-c 0.1 -d 9 -b 0"
+  [dkd_ls]="-c 1 -d 0 -b 9"
+  [mlkd_ls]="-c 0.1 -d 0 -b 9"
+  [kd_dot]="-c 0.1 -d 0.9 -b 0"
 )
 # extra flags of a row
 declare -A FLAGS=(
   [hint]="--hint_layer 2 --init_epochs 0"
+  [dkd]="--dkd_beta 8"
+  [mlkd]="--learning_rate 0.025"
+  [kd_ls]="--logit_stand --kd_T 2"
+  [dkd_ls]="--logit_stand --kd_T 2 --dkd_beta 8"
+  [mlkd_ls]="--logit_stand --kd_T 2 --learning_rate 0.025"
+  [kd_dot]="--optimizer dot --dot_delta 0.075"
 )
 # per-pair weights where a method's own script sets them (key method:teacher:student, or method:*:student)
 declare -A PAIR_WEIGHTS=(
   [reviewkd:resnet56:resnet20]="-c 1 -d 0 -b 0.6"     # ReviewKD's CIFAR-100/script/reviewKD.sh
   [reviewkd:resnet110:resnet32]="-c 1 -d 0 -b 1"
   [reviewkd:*:ShuffleV2]="-c 1 -d 0 -b 8"
+  [dkd_ls:vgg13:vgg8]="-c 1 -d 0 -b 15"                 # the LS README's per-pair (T, weight[, beta])
+  [dkd_ls:wrn_40_2:wrn_16_2]="-c 1 -d 0 -b 12"
+  [mlkd_ls:vgg13:vgg8]="-c 0.1 -d 0 -b 6"
 )
 # per-pair extra flags, same keys (they replace the row's FLAGS)
-declare -A PAIR_FLAGS=()
+declare -A PAIR_FLAGS=(
+  [dkd:wrn_40_2:wrn_16_2]="--dkd_beta 6"                # mdistiller's DKD configs
+  [dkd:wrn_40_2:wrn_40_1]="--dkd_beta 6"
+  [dkd:vgg13:vgg8]="--dkd_beta 6"
+  [dkd:vgg13:MobileNetV2]="--dkd_beta 6"
+  [dkd:resnet56:resnet20]="--dkd_beta 2"
+  [dkd:resnet110:resnet32]="--dkd_beta 2"
+  [kd_ls:vgg13:vgg8]="--logit_stand --kd_T 3"
+  [dkd_ls:vgg13:vgg8]="--logit_stand --kd_T 2 --dkd_beta 2"
+  [dkd_ls:wrn_40_2:wrn_16_2]="--logit_stand --kd_T 2 --dkd_beta 2"
+  [mlkd:*:MobileNetV2]="--learning_rate 0.01"            # MLKD's ShuffleNet/MobileNet configs
+  [mlkd:*:ShuffleV1]="--learning_rate 0.01"
+  [mlkd:*:ShuffleV2]="--learning_rate 0.01"
+  [mlkd_ls:*:MobileNetV2]="--logit_stand --kd_T 2 --learning_rate 0.01"
+  [mlkd_ls:*:ShuffleV1]="--logit_stand --kd_T 2 --learning_rate 0.01"
+  [mlkd_ls:*:ShuffleV2]="--logit_stand --kd_T 2 --learning_rate 0.01"
+)
 
 pair_value() {  # table method teacher student -> the per-pair entry, or the default given as $5
   local -n tab=$1
@@ -103,7 +150,9 @@ pair_value() {  # table method teacher student -> the per-pair entry, or the def
   echo "$5"
 }
 # the --distill name of a row key (crd_kd is a row of crd)
-declare -A DISTILL=([crd_kd]=crd)
+declare -A DISTILL=(
+  [crd_kd]=crd [kd_ls]=kd [dkd_ls]=dkd [mlkd_ls]=mlkd [kd_dot]=kd
+)
 
 # channel widths of feats[:-1] (stem and stages) and C*H*W of feats[-2] at 32x32, from models/
 declare -A WIDTHS=(

@@ -19,8 +19,8 @@
 #                 $SAVE/teachers/models/ResNet34_imagenet_vanilla_imagenet_trial_0/ResNet34_imagenet_last.pth.
 #                 Any checkpoint works too: ours, RepDistiller-style {'model': sd}, a bare state_dict.
 #   METHODS       space-separated, run in this order (default "vanilla kd attention similarity correlation crd
-#                 semckd cka_group"): "teacher" trains ResNet34_imagenet, "vanilla" the ResNet18 baseline,
-#                 any other word is a --distill name with the weights below
+#                 semckd cka_group dkd dist reviewkd kd_ls rcka"): "teacher" trains ResNet34_imagenet,
+#                 "vanilla" the ResNet18 baseline, any other word is a row of the weights below
 #   TRIALS        trials per method (default 1), --trial 0 .. TRIALS-1
 #   NNODES        nodes (default 1); NODE_RANK this node (default 0); MASTER_ADDR (default 127.0.0.1),
 #                 MASTER_PORT (default 29500)
@@ -34,7 +34,13 @@
 #
 # Weights: SemCKD's ImageNet protocol (-c 1 -d 1 for every method), with SemCKD's ImageNet beta 50 for
 # semckd; the other betas are the CIFAR ones (no published ImageNet value); simkd uses SimKD's -c 0 -d 0 -b 1.
-# Only SemCKD's command is published for this pair; treat the others as our choice.
+# Only SemCKD's command is published for those; treat the others as our choice. The 2022-2024 rows use
+# their own ImageNet loss settings (FLAGS): dkd beta 0.5, T 1, 1-epoch warm-up; dist tau 1; mlkd CE 0.5
+# KD 0.5, T 1; ctkd CE 1 KD 1 (5 curriculum loops); reviewkd weight 1, 1-epoch warm-up, pre-activation
+# student features; ofd 1e-4; kd_ls (KD+LS) CE 1 KD 9 T 2; kd_dot (KD+DOT) CE 0.5 KD 0.5 T 1, delta 0.09.
+# Their published numbers used their own schedules (mdistiller: 100 epochs, batch 512, lr 0.2 for DKD;
+# CTKD 120 epochs): this script runs every row on the one recipe below, so compare rows with each other
+# and say so beside a published number.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ((${NNODES:-1} > 1)); then
@@ -44,7 +50,7 @@ fi
 source scripts/lib_runs.sh
 
 : "${DATA:=./data/imagenet}"
-: "${METHODS:=vanilla kd attention similarity correlation crd semckd cka_group}"
+: "${METHODS:=vanilla kd attention similarity correlation crd semckd cka_group dkd dist reviewkd kd_ls rcka}"
 : "${TRIALS:=1}"
 : "${NNODES:=1}"
 : "${NODE_RANK:=0}"
@@ -78,6 +84,28 @@ declare -A WEIGHTS=(
   [srrl]="-c 1 -d 1 -b 1"
   [simkd]="-c 0 -d 0 -b 1"
   [cka_group]="-c 1 -d 1 -b 1"
+  [dkd]="-c 1 -d 0 -b 1"
+  [dist]="-c 1 -d 0 -b 2"
+  [mlkd]="-c 0.5 -d 0 -b 0.5"
+  [ctkd]="-c 1 -d 1 -b 0"
+  [reviewkd]="-c 1 -d 0 -b 1"
+  [ofd]="-c 1 -d 0 -b 0.0001"
+  [rcka]="-c 1 -d 0 -b 15"
+  [kd_ls]="-c 1 -d 9 -b 0"
+  [kd_dot]="-c 0.5 -d 0.5 -b 0"
+)
+# the methods' own ImageNet settings (mdistiller's configs, the LS, DIST, CTKD and ReviewKD repositories)
+declare -A FLAGS=(
+  [dkd]="--dkd_beta 0.5 --kd_T 1 --beta_warmup 1"
+  [dist]="--kd_T 1"
+  [mlkd]="--kd_T 1"
+  [ctkd]="--ctkd_loops 5"
+  [reviewkd]="--beta_warmup 1 --reviewkd_preact"
+  [kd_ls]="--logit_stand --kd_T 2"
+  [kd_dot]="--kd_T 1 --optimizer dot --dot_delta 0.09"
+)
+declare -A DISTILL=(
+  [kd_ls]=kd [kd_dot]=kd
 )
 
 [[ $TRIALS =~ ^[0-9]+$ ]] || die "TRIALS=$TRIALS: give a number of trials"
@@ -112,12 +140,16 @@ for ((trial = 0; trial < TRIALS; trial++)); do
           "${launch[@]}" train_teacher.py --model ResNet18_imagenet "${recipe[@]}" --trial "$trial" --save_dir "$SAVE" ;;
       *)
         [[ -n ${WEIGHTS[$m]:-} ]] || die "METHODS: unknown method '$m'; choose teacher, vanilla or one of: ${!WEIGHTS[*]}"
-        w=${WEIGHTS[$m]}
+        w=${WEIGHTS[$m]} d=${DISTILL[$m]:-$m}
         read -r -a wargs <<< "$w"
+        read -r -a fargs <<< "${FLAGS[$m]:-}"
+        read -r -a xargs_ <<< "$EXTRA_ARGS"
         enqueue "S-ResNet18_imagenet_T-ResNet34_imagenet_${m}_trial_$trial" \
-          "$(student_folder ResNet18_imagenet ResNet34_imagenet imagenet "$m" "$w" "$trial")" ResNet18_imagenet \
+          "$(student_folder ResNet18_imagenet ResNet34_imagenet imagenet "$(method_tag "$d" "${fargs[@]}" "${xargs_[@]}")" \
+             "$w" "$trial")" ResNet18_imagenet \
           "${launch[@]}" train_student.py --path_t "$TEACHER" --model_t ResNet34_imagenet \
-          --model_s ResNet18_imagenet --distill "$m" "${wargs[@]}" "${recipe[@]}" --trial "$trial" --save_dir "$SAVE" ;;
+          --model_s ResNet18_imagenet --distill "$d" "${wargs[@]}" "${fargs[@]}" "${recipe[@]}" --trial "$trial" \
+          --save_dir "$SAVE" ;;
     esac
   done
 done

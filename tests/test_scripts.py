@@ -129,6 +129,13 @@ def expected_skips() -> set:
     return out
 
 
+# rows that are a method plus a loop option, with the published setting of the paper that made them
+# (LS README: KD+LS CE 0.1 KD 9 at base T 2, DKD+LS and MLKD+LS the weight 9 on the method's loss;
+# mdistiller: KD+DOT the KD recipe with the DOT optimiser)
+DERIVED_ROWS = {"kd_ls": "-c 0.1 -d 9 -b 0", "dkd_ls": "-c 1 -d 0 -b 9", "mlkd_ls": "-c 0.1 -d 0 -b 9",
+                "kd_dot": "-c 0.1 -d 0.9 -b 0"}
+
+
 def test_distill_dry_run_every_method_published_weights(tmp_path):
     global PAIR_W
     PAIR_W = bash_table("run_cifar_distill.sh", "PAIR_WEIGHTS")
@@ -144,9 +151,13 @@ def test_distill_dry_run_every_method_published_weights(tmp_path):
         assert t and t.group(1) == t.group(2) and opt.path_t.startswith(str(tmp_path / "save"))
         # the weights of each method are its distiller's published (recommended) ones, or the per-pair
         # ones its own scripts use (PAIR_WEIGHTS)
-        override = next((PAIR_W[k] for k in (f"{opt.distill}:{t.group(1)}:{opt.model_s}", f"{opt.distill}:*:{opt.model_s}")
+        row = opt.distill + ("_ls" if opt.logit_stand else "") + ("_dot" if opt.optimizer == "dot" else "")
+        override = next((PAIR_W[k] for k in (f"{row}:{t.group(1)}:{opt.model_s}", f"{row}:*:{opt.model_s}")
                          if k in PAIR_W), None)
-        assert (opt.cls, opt.div, opt.beta) == weights_of(override or DISTILLERS[opt.distill].recommended), cmd
+        published = DERIVED_ROWS.get(row) or DISTILLERS[opt.distill].recommended
+        assert (opt.cls, opt.div, opt.beta) == weights_of(override or published), cmd
+        if row.endswith("_ls"):  # LS's base temperature (3 only for KD+LS on vgg13 -> vgg8)
+            assert opt.kd_T == (3.0 if (row, opt.model_s) == ("kd_ls", "vgg8") else 2.0), cmd
         if opt.distill == "hint":  # RepDistiller's joint FitNet on feats[2]
             assert opt.hint_layer == 2 and opt.init_epochs == 0
         else:
@@ -161,7 +172,7 @@ def test_distill_dry_run_every_method_published_weights(tmp_path):
     assert ran | skipped == {(m, t, s) for m in DISTILLERS for (t, s) in PAIRS}
     assert not ran & skipped
     assert any("--hint_layer 2 --init_epochs 0" in n for n in notes)
-    assert set(bash_table("run_cifar_distill.sh", "WEIGHTS")) == set(DISTILLERS) | {"crd_kd"}
+    assert set(bash_table("run_cifar_distill.sh", "WEIGHTS")) == set(DISTILLERS) | {"crd_kd"} | set(DERIVED_ROWS)
 
 
 def test_distill_env_trials_methods_pairs_teacher_path(tmp_path):
@@ -232,15 +243,18 @@ def test_script_tables_and_skip_rule_match_the_models(tmp_path):
 
 def test_cifar_run_folder_names_match_train_student(tmp_path):
     weights = bash_table("run_cifar_distill.sh", "WEIGHTS")
-    calls = "; ".join(f'student_folder resnet8x4 resnet32x4 cifar100 {m.replace("crd_kd", "crd")} "{w}" 2'
-                      for m, w in weights.items())
+    flags = bash_table("run_cifar_distill.sh", "FLAGS")
+    distills = bash_table("run_cifar_distill.sh", "DISTILL")
+    calls = "; ".join(f'student_folder resnet8x4 resnet32x4 cifar100 "$(method_tag {distills.get(m, m)} '
+                      f'{flags.get(m, "")})" "{w}" 2' for m, w in weights.items())
     out = subprocess.run(["bash", "-c", f"source scripts/lib_runs.sh; {calls}; teacher_folder vgg8 cifar100 1"],
                          cwd=ROOT, env={**os.environ, "SAVE": "S"}, capture_output=True, text=True, check=True)
     lines = out.stdout.split()
     for (m, w), line in zip(weights.items(), lines):
-        distill = "crd" if m == "crd_kd" else m
+        distill = distills.get(m, m)
         opt = train_student.parse_option(["--path_t", "x.pth", "--model_s", "resnet8x4", "--distill", distill,
-                                          "--dataset", "cifar100", "--trial", "2", "--save_dir", "S"] + w.split())
+                                          "--dataset", "cifar100", "--trial", "2", "--save_dir", "S"] + w.split()
+                                         + flags.get(m, "").split())
         train_student.name_run(opt, "resnet32x4")
         assert line == opt.save_folder
     opt = train_teacher.parse_option(["--model", "vgg8", "--dataset", "cifar100", "--trial", "1", "--save_dir", "S"])
@@ -331,6 +345,22 @@ def test_imagenet_dry_run_torchrun_recipe(tmp_path):
     assert (semckd.distill, semckd.cls, semckd.div, semckd.beta) == ("semckd", 1.0, 1.0, 50.0)
     r = sh("run_imagenet_distill.sh", tmp_path, check=False, DRY_RUN=1, GPUS_PER_NODE=3)
     assert r.returncode == 2 and "not divisible" in r.stderr
+
+
+def test_imagenet_modern_rows_use_their_own_imagenet_settings(tmp_path):
+    cmds, _ = dry("run_imagenet_distill.sh", tmp_path, GPUS_PER_NODE=8, TEACHER="/w/r34.pth",
+                  METHODS="dkd dist reviewkd kd_ls kd_dot")
+    opts = {}
+    for cmd in cmds:
+        o = train_student.parse_option(script_args(cmd, "train_student.py"))
+        opts[o.distill + ("+LS" if o.logit_stand else "") + ("+DOT" if o.optimizer == "dot" else "")] = o
+    assert (opts["dkd"].dkd_beta, opts["dkd"].kd_T, opts["dkd"].beta_warmup) == (0.5, 1.0, 1.0)
+    assert (opts["dist"].beta, opts["dist"].kd_T) == (2.0, 1.0)
+    assert (opts["reviewkd"].beta, opts["reviewkd"].beta_warmup, opts["reviewkd"].reviewkd_preact) == (1.0, 1.0, True)
+    assert (opts["kd+LS"].cls, opts["kd+LS"].div, opts["kd+LS"].kd_T) == (1.0, 9.0, 2.0)
+    assert (opts["kd+DOT"].cls, opts["kd+DOT"].div, opts["kd+DOT"].dot_delta) == (0.5, 0.5, 0.09)
+    # every row in its own folder: KD+LS and KD+DOT are tagged
+    assert len({train_student.method_tag(o) for o in opts.values()}) == 5
 
 
 def test_cka_group_dry_run_ablations(tmp_path):
