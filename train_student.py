@@ -11,6 +11,7 @@ Saves to save/students/models/S:<s>_T:<t>_<dataset>_<distill>_r:<cls>_a:<div>_b:
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import warnings
 
@@ -213,6 +214,22 @@ GROUP_KEYS = ("dataset", "data_folder", "download", "train_subset", "batch_size"
               "procs_per_node", "sync_bn")
 
 
+def stream_options(opts: list, classes: list):
+    """The options the one data stream of a group is built from: the shared ones (GROUP_KEYS) and what a
+    student asks of the stream: a second view (--strong_aug) and dataset-side CRD negatives (--nce_k,
+    --mode, --crd_negatives), from the first student that asks. A student that does not ask ignores them;
+    the first view and the order are the same with or without them."""
+    data_opt = copy.copy(opts[0])
+    strong = [o for o in opts if uses_strong_view(o)]
+    if strong:
+        data_opt.strong_aug = strong[0].strong_aug
+    contrast = [o for o, c in zip(opts, classes) if c.loader_options(o).get("contrast")]
+    for key in ("nce_k", "mode", "crd_negatives"):
+        if contrast and hasattr(contrast[0], key):
+            setattr(data_opt, key, getattr(contrast[0], key))
+    return data_opt
+
+
 def train_students(opts: list, device) -> list:
     """Train the students of ``opts`` (one option set each) against one teacher on one data stream.
 
@@ -260,7 +277,7 @@ def train_students(opts: list, device) -> list:
         raise ConfigError(f"two students would write to {dup[0]}: give them distinct --trial names (and --seed N "
                           "to keep their initialisation paired), e.g. --trial uniform_1 --seed 1")
     with dist_util.main_first(opt0.download, opt0.local_rank):  # --download: once, not once per rank
-        data = dataset.get_dataloaders(opt0, input_shape, device=device, rank=opt0.rank,
+        data = dataset.get_dataloaders(stream_options(opts, classes), input_shape, device=device, rank=opt0.rank,
                                        world_size=opt0.world_size, **loader_kw)
     if opt0.kd_mode == "self":
         model_t = students[0]
