@@ -395,24 +395,32 @@ def _ending_rank(local_rank, port, out_dir):
         device = dist_util.init(opt, local_rank)
         model = wrap_ddp(nn.Linear(4, 2), opt, device)  # DDP's constructor is what imports torch.distributed.nn
         model(torch.randn(3, 4)).sum().backward()
-        return weakref.ref(dist.group.WORLD)
+        cycle = {"model": model}
+        cycle["self"] = cycle  # a wrapper in a reference cycle, as a larger driver may leave one
+        if local_rank == 0:
+            time.sleep(0.5)  # rank 0 still writing its files
+        return weakref.ref(dist.group.WORLD), time.time()
 
-    group = _run_worker(worker, opt, local_rank)
+    group, done = _run_worker(worker, opt, local_rank)
     with open(os.path.join(out_dir, f"end{local_rank}.json"), "w") as f:
-        json.dump({"group_alive": group() is not None, "threads": [before, _threads()]}, f)
+        json.dump({"group_alive": group() is not None, "threads": [before, _threads()], "done": done,
+                   "ended": time.time()}, f)
 
 
 def test_a_finished_rank_frees_its_process_group_and_threads(tmp_path):
-    """The end of every run (helper.distributed.cleanup): after it no gloo thread is left that could
+    """The end of every run (helper.distributed.cleanup): no rank leaves before the others have finished
+    their work (rank 0 its files), and after it no gloo thread is left that could
     still take the GIL during interpreter shutdown and abort the rank (SIGABRT, 'terminate called
     without an active exception'). Before the fix the group outlived destroy_process_group: DDP's
-    constructor had imported torch.distributed.nn, whose functions keep ``group.WORLD`` as a default."""
+    constructor had imported torch.distributed.nn, whose functions keep ``group.WORLD`` as a default;
+    a DDP wrapper in a reference cycle keeps it too until a garbage collection."""
     mp.spawn(_ending_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
-    for rank in (0, 1):
-        end = json.load(open(tmp_path / f"end{rank}.json"))
+    ends = [json.load(open(tmp_path / f"end{rank}.json")) for rank in (0, 1)]
+    for rank, end in enumerate(ends):
         assert not end["group_alive"], f"rank {rank}: the process group outlived cleanup()"
         before, after = end["threads"]
         assert after == before, f"rank {rank}: {before} threads before the group, {after} after cleanup()"
+    assert ends[1]["ended"] >= ends[0]["done"], "rank 1 left before rank 0 had finished its work"
 
 
 def test_ddp_end_check_counts_clean_and_failed_runs(tmp_path):
