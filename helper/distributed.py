@@ -19,11 +19,18 @@ a cheap no-op, so single-process code paths are the same code.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import warnings
 
 import torch
 import torch.distributed as dist
+# Imported before any process group exists, on purpose: its functions take ``group=group.WORLD`` as
+# a default argument, so a first import after ``init_process_group`` (DDP's constructor imports it,
+# through torch._dynamo) keeps that group alive for good, and ``destroy_process_group`` then can no
+# longer stop the group's threads (see ``cleanup``).
+if dist.is_available():
+    import torch.distributed.nn.functional  # noqa: F401
 
 from helper.errors import ConfigError
 
@@ -123,8 +130,31 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def cleanup() -> None:
-    if is_dist():
-        dist.destroy_process_group()
+    """End this process's part of a finished run in order (both launchers, every script).
+
+    The caller has returned from its work and closed its logger (rank 0's files are written), so its
+    DDP wrappers are unreferenced. Then: a barrier, so that no rank leaves while another still
+    communicates or writes; a garbage collection, which frees DDP wrappers caught in reference cycles;
+    ``destroy_process_group``, which then drops the last reference to the group, so that its worker
+    threads are joined here, while the interpreter is fully alive.
+
+    Why it matters: a gloo worker thread releases a finished collective's tensors after the caller has
+    been woken, and releasing a tensor that has a Python object takes the GIL. A rank with nothing
+    left to do (rank 1 while rank 0 writes) reached interpreter shutdown before that; Python 3.11 ends
+    a thread that asks for the GIL during shutdown, its C++ frames cannot unwind, and the process
+    aborts ("terminate called without an active exception", SIGABRT); the launcher then stops the
+    other ranks, rank 0 possibly in the middle of a write. Joining the threads needs the group to be
+    freed, hence the import of ``torch.distributed.nn`` at the top of this file.
+    """
+    if not is_dist():
+        return
+    if world_size() > 1:
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

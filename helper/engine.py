@@ -69,13 +69,15 @@ def _exit_failed_rank(e: BaseException) -> None:
 
 
 def _run_worker(worker, opt, local_rank):
+    """One rank's whole life: the worker, then the ordered end of the process group
+    (:func:`helper.distributed.cleanup`), or on any error the immediate exit of a failed rank."""
     try:
         result = worker(opt, local_rank)
+        dist_util.cleanup()
     except BaseException as e:
         if dist_util.is_dist() and dist_util.world_size() > 1:
             _exit_failed_rank(e)
         raise
-    dist_util.cleanup()
     return result
 
 
