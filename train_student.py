@@ -241,10 +241,42 @@ def train_students(opts: list, device) -> list:
     """
     opt0 = opts[0]
     set_seed(opt0.seed, opt0.deterministic)
-    num_classes = dataset.num_classes(opt0)
     classes = [get_distiller_class(o.distill) for o in opts]
-    group = len(opts) > 1
-    labels = [f"[{i + 1}/{len(opts)} {o.distill} {o.model_s} t{o.trial}] " if group else "" for i, o in enumerate(opts)]
+    model_t, t_arch, students, streams = build_models(opts, device)
+    data = build_stream(opts, classes, t_arch, tuple(students[0].input_shape), device)
+    if opt0.kd_mode == "self":
+        model_t = students[0]
+    model_t = place(model_t, opt0, device)
+    students = [place(st, o, device) for o, st in zip(opts, students)]
+    built = build_distillers(opts, classes, students, streams, model_t, data, device)
+    teachers = build_teachers(opts, built, model_t, frozenset().union(*(c.needs for c in classes)), device)
+    teacher_acc = None
+    if opt0.kd_mode == "offline" and not opt0.skip_validation:
+        teacher_acc = validate(model_t, data.val_loader, device, opt0)["acc1"]
+        if dist_util.is_main():
+            print(f"==> teacher {t_arch} test acc@1 {teacher_acc:.2f}", flush=True)
+            check_published_accuracy(opt0.path_t, t_arch, opt0.dataset, teacher_acc, lambda m: print(m, flush=True))
+    runs = [make_run(i, o, inner, teacher, stream, t_arch, teacher_acc, len(opts))
+            for i, (o, inner, teacher, stream) in enumerate(zip(opts, built, teachers, streams))]
+    if opt0.compile:  # after every LayerRecorder hook exists and the one-time eager passes are done
+        for model in [inner.student for inner in built] + [teachers[0].model]:
+            compile_model(model, opt0.compile_mode)
+    ready_to_fit(runs, data, device, t_arch)
+    mixup = Mixup(opt0.mixup, opt0.data_seed) if opt0.mixup > 0 else None
+    summaries = fit(runs, data, device, mixup=mixup, log=runs[0].logger.print)
+    for run, summary in zip(runs, summaries):
+        if summary["status"] == "finished":
+            run.logger.print(f"{run.label}==> best test acc@1 {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
+                             f"last {summary['last_acc']:.2f}")
+        run.logger.close()
+    return summaries
+
+
+def build_models(opts: list, device):
+    """The teacher (built outside every student's random stream) and each student (inside its own),
+    fitted to the served input size; every network of a process must take the same images."""
+    opt0 = opts[0]
+    num_classes = dataset.num_classes(opt0)
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
         model_t, t_arch, _ = make_teacher_model(opt0, num_classes)  # draws from no student's stream
     streams = [RNGStream(o.seed, device) for o in opts]
@@ -253,14 +285,21 @@ def train_students(opts: list, device) -> list:
         with stream:
             students.append(model_dict[o.model_s](num_classes=num_classes))
     dataset.fit_models(opt0, *[(o.model_s, st) for o, st in zip(opts, students)], (t_arch, model_t))
-    input_shape = tuple(students[0].input_shape)
+    shape = tuple(students[0].input_shape)
     for o, st in zip(opts, students):
-        if tuple(st.input_shape) != input_shape:
-            raise ConfigError(f"student {o.model_s} takes {tuple(st.input_shape)} inputs but {opts[0].model_s} takes "
-                              f"{input_shape}: the students of a group see the same images")
-    if model_t is not None and tuple(model_t.input_shape) != input_shape:
+        if tuple(st.input_shape) != shape:
+            raise ConfigError(f"student {o.model_s} takes {tuple(st.input_shape)} inputs but {opt0.model_s} takes "
+                              f"{shape}: the students of a group see the same images")
+    if model_t is not None and tuple(model_t.input_shape) != shape:
         raise ConfigError(f"teacher {t_arch} takes {tuple(model_t.input_shape)} inputs but student {opt0.model_s} "
-                          f"takes {input_shape}: pick a pair that sees the same images")
+                          f"takes {shape}: pick a pair that sees the same images")
+    return model_t, t_arch, students, streams
+
+
+def build_stream(opts: list, classes: list, t_arch: str, input_shape, device):
+    """Name every student's folder (refusing two that would share one), resolve --resume_all, and build the
+    one data stream: full batches for all if one method needs them, what any student asks of the loader."""
+    opt0 = opts[0]
     drop_last = any(o.drop_last or c.drop_last for o, c in zip(opts, classes))
     loader_kw = {}
     for o, c in zip(opts, classes):
@@ -277,20 +316,23 @@ def train_students(opts: list, device) -> list:
         raise ConfigError(f"two students would write to {dup[0]}: give them distinct --trial names (and --seed N "
                           "to keep their initialisation paired), e.g. --trial uniform_1 --seed 1")
     with dist_util.main_first(opt0.download, opt0.local_rank):  # --download: once, not once per rank
-        data = dataset.get_dataloaders(stream_options(opts, classes), input_shape, device=device, rank=opt0.rank,
+        return dataset.get_dataloaders(stream_options(opts, classes), input_shape, device=device, rank=opt0.rank,
                                        world_size=opt0.world_size, **loader_kw)
-    if opt0.kd_mode == "self":
-        model_t = students[0]
-    model_t = place(model_t, opt0, device)
-    students = [place(st, o, device) for o, st in zip(opts, students)]
+
+
+def build_distillers(opts: list, classes: list, students: list, streams: list, model_t, data, device) -> list:
+    """Each student's distiller, built from one probe of the teacher (with what every method needs) and
+    one of the student, inside the student's random stream; returns the trainable units (DistillStudent).
+    A refused setting names its row."""
     union = frozenset().union(*(c.needs for c in classes))
-    t_probe = probe(model_t, union, input_shape, device)
+    shape = tuple(students[0].input_shape)
+    t_probe = probe(model_t, union, shape, device)
     cache: dict = {}
     built = []
     for i, (o, cls, student, stream) in enumerate(zip(opts, classes, students, streams)):
         try:
-            ctx = BuildContext(opt=o, s_probe=probe(student, cls.needs, input_shape, device), t_probe=t_probe,
-                               model_s=student, model_t=model_t, num_classes=num_classes, n_train=data.n_train,
+            ctx = BuildContext(opt=o, s_probe=probe(student, cls.needs, shape, device), t_probe=t_probe,
+                               model_s=student, model_t=model_t, num_classes=data.num_classes, n_train=data.n_train,
                                local_batch_size=o.batch_size // o.world_size, train_targets=data.train_targets,
                                device=device, plain_train_images=data.plain_train_images, cache=cache)
             with stream:
@@ -299,66 +341,66 @@ def train_students(opts: list, device) -> list:
                 raise ConfigError(f"--distill {o.distill} trains through its own loss, whose weight -b/--beta is 0; "
                                   f"pass -b (published setting: {getattr(cls, 'recommended', '-b 1')})")
         except ConfigError as e:
-            raise ConfigError(f"student {i + 1} of {len(opts)} ({getattr(o, 'row', o.distill)}): {e}" if group
-                              else str(e)) from None
+            raise ConfigError(f"student {i + 1} of {len(opts)} ({getattr(o, 'row', o.distill)}): {e}"
+                              if len(opts) > 1 else str(e)) from None
         if not distiller.has_loss and o.beta != 0:
             warnings.warn(f"--distill {o.distill} has no beta term; -b {o.beta} is ignored")
         built.append(place(DistillStudent(student, distiller, o), o, device))
+    return built
 
-    # who teaches: one frozen teacher shared by every student (each sees its own reduction of its layers), or,
-    # in a single run, the student's EMA (self) or a peer trained alongside (online)
-    keys = [transform_key(inner.distiller.layer_transform) for inner in built]
+
+def build_teachers(opts: list, built: list, model_t, needs, device) -> list:
+    """Who teaches each student: one frozen teacher shared by all (recording its layers once per reduction
+    the students ask for), or, in a single run, the student's EMA (self) or a peer trained alongside (online)."""
+    opt0, first = opts[0], built[0].distiller
     if opt0.kd_mode == "offline":
-        views = {k: inner.distiller.layer_transform for k, inner in zip(keys, built)}
-        teachers = [FrozenTeacher(model_t, union, layer_views=views)] * len(opts)
+        views = {transform_key(inner.distiller.layer_transform): inner.distiller.layer_transform for inner in built}
+        teachers = [FrozenTeacher(model_t, needs, layer_views=views)] * len(opts)
     elif opt0.kd_mode == "self":
-        teachers = [EMATeacher(built[0].student, union, decay=opt0.self_ema,
-                               layer_transform=built[0].distiller.layer_transform)]
+        teachers = [EMATeacher(built[0].student, needs, decay=opt0.self_ema, layer_transform=first.layer_transform)]
     else:
-        teachers = [PeerTeacher(model_t, union, layer_transform=built[0].distiller.layer_transform)]
+        teachers = [PeerTeacher(model_t, needs, layer_transform=first.layer_transform)]
         teachers[0].wrapped = wrap_ddp(model_t, opt0, device, manual_sync=reduces_own_gradients(opt0))
     teachers[0].strong = any(uses_strong_view(o) for o in opts)
-    teacher_acc = None
-    if opt0.kd_mode == "offline" and not opt0.skip_validation:
-        teacher_acc = validate(model_t, data.val_loader, device, opt0)["acc1"]
-        if dist_util.is_main():
-            print(f"==> teacher {t_arch} test acc@1 {teacher_acc:.2f}", flush=True)
-            check_published_accuracy(opt0.path_t, t_arch, opt0.dataset, teacher_acc, lambda m: print(m, flush=True))
+    return teachers
 
-    runs = []
-    for i, (o, inner, teacher, stream) in enumerate(zip(opts, built, teachers, streams)):
-        logger = RunLogger(o.save_folder, o.tb_folder)
-        distiller = inner.distiller
-        ckpt = load_resume(o, o.model_s) if o.resume else None
-        if ckpt is not None:
-            inner.student.load_state_dict(ckpt["model"])
-            distiller.load_state_dict(ckpt["distiller"])
-            teacher.load_state_dict(ckpt.get("teacher"))
-        with stream:
-            distiller.prepare(logger.print)
-        n_extra = sum(p.numel() for p in distiller.parameters() if p.requires_grad) / 1e6
-        run = TrainRun(o, inner, None, teacher, logger, save_folder=o.save_folder, prefix=o.model_s,
-                       arch=o.model_s, rng=stream, label=labels[i], layer_key=keys[i],
-                       extra_state=lambda t=teacher, o=o: {"teacher": t.state_dict(), "distill": o.distill,
-                                                           "teacher_arch": t_arch},
-                       summary={"model_s": o.model_s, "model_t": t_arch, "dataset": o.dataset, "distill": o.distill,
-                                "kd_mode": o.kd_mode, "trial": o.trial, "seed": o.seed, "data_seed": o.data_seed,
-                                "cls": o.cls, "div": o.div, "beta": o.beta, "teacher_acc": teacher_acc,
-                                "params_M": count_params(inner.student), "distiller_params_M": n_extra,
-                                "role": "student"})
-        run.ckpt, run.n_extra = ckpt, n_extra
-        runs.append(run)
-    if opt0.compile:  # after every LayerRecorder hook exists and the one-time eager passes are done
-        for model in [inner.student for inner in built] + [teachers[0].model]:
-            compile_model(model, opt0.compile_mode)
+
+def make_run(i: int, o, inner, teacher, stream, t_arch: str, teacher_acc, n: int) -> TrainRun:
+    """Student ``i``'s TrainRun: its logger, its resumed state if any, its distiller's one-time preparation."""
+    logger = RunLogger(o.save_folder, o.tb_folder)
+    distiller = inner.distiller
+    ckpt = load_resume(o, o.model_s) if o.resume else None
+    if ckpt is not None:
+        inner.student.load_state_dict(ckpt["model"])
+        distiller.load_state_dict(ckpt["distiller"])
+        teacher.load_state_dict(ckpt.get("teacher"))
+    with stream:
+        distiller.prepare(logger.print)
+    n_extra = sum(p.numel() for p in distiller.parameters() if p.requires_grad) / 1e6
+    run = TrainRun(o, inner, None, teacher, logger, save_folder=o.save_folder, prefix=o.model_s, arch=o.model_s,
+                   rng=stream, label=f"[{i + 1}/{n} {o.distill} {o.model_s} t{o.trial}] " if n > 1 else "",
+                   layer_key=transform_key(distiller.layer_transform),
+                   extra_state=lambda: {"teacher": teacher.state_dict(), "distill": o.distill, "teacher_arch": t_arch},
+                   summary={"model_s": o.model_s, "model_t": t_arch, "dataset": o.dataset, "distill": o.distill,
+                            "kd_mode": o.kd_mode, "trial": o.trial, "seed": o.seed, "data_seed": o.data_seed,
+                            "cls": o.cls, "div": o.div, "beta": o.beta, "teacher_acc": teacher_acc,
+                            "params_M": count_params(inner.student), "distiller_params_M": n_extra,
+                            "role": "student"})
+    run.ckpt, run.n_extra = ckpt, n_extra
+    return run
+
+
+def ready_to_fit(runs: list, data, device, t_arch: str) -> None:
+    """The init stages still to run, then each run's DDP wrapper, optimiser, restored optimiser/RNG/epoch
+    state, and parameters.json."""
     pending = [r for r in runs if r.inner.distiller.init_stage and r.opt.init_epochs > 0
                and not (r.ckpt is not None and r.ckpt.get("init_done", False))]
     if pending:
         init_stage_runs(pending, data, device, runs[0].logger.print)
     for run in runs:
-        if run.inner.distiller.init_stage and run.opt.init_epochs > 0 and run not in pending:
-            run.inner.distiller.finish_init()  # resumed after its init stage
         o = run.opt
+        if run.inner.distiller.init_stage and o.init_epochs > 0 and run not in pending:
+            run.inner.distiller.finish_init()  # resumed after its init stage
         run.step_module = wrap_ddp(run.inner, o, device, manual_sync=reduces_own_gradients(o))
         run.optimizer = build_optimizer(list(run.inner.parameters()) + list(run.teacher.parameters()), o)
         if run.ckpt is not None:
@@ -371,14 +413,6 @@ def train_students(opts: list, device) -> list:
         run.logger.write_json("parameters.json", {k: v for k, v in vars(o).items()
                                                   if isinstance(v, (int, float, str, bool, list, type(None)))})
         run.ckpt = None
-    mixup = Mixup(opt0.mixup, opt0.data_seed) if opt0.mixup > 0 else None
-    summaries = fit(runs, data, device, mixup=mixup, log=runs[0].logger.print)
-    for run, summary in zip(runs, summaries):
-        if summary["status"] == "finished":
-            run.logger.print(f"{run.label}==> best test acc@1 {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
-                             f"last {summary['last_acc']:.2f}")
-        run.logger.close()
-    return summaries
 
 
 def main_worker(opt, local_rank=None):
