@@ -259,3 +259,37 @@ def test_a_student_that_asks_for_a_second_view_gets_it_in_a_group(data_dir, teac
         rel = os.path.relpath(o.save_folder, s_save)
         assert_bitwise(state(os.path.join(g_save, rel, "resnet8_last.pth")),
                        state(os.path.join(s_save, rel, "resnet8_last.pth")), opt.distill)
+
+
+def test_cka_curves_measures_any_student_under_one_grouping(data_dir, teacher, tmp_path):
+    """scripts/cka_curves.py: epoch 0 (the run's initialisation, rebuilt from its seed) and every saved
+    epoch of a kd and a cka_group student, on the cka_group run's groups; the final point equals a direct
+    group_cka of the last checkpoint."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import cka_curves
+    from helper.checkpoint import build_teacher
+    from helper.cka_diagnostics import group_cka, load_grouping
+    from helper.util import RNGStream
+    from models import model_dict
+    save = str(tmp_path)
+    argv = shared(data_dir, teacher, save) + ["--save_freq", "1", "--student", ROWS["kd"], "--student", ROWS["cka_group"]]
+    train_group.main(argv)
+    kd, cka = folder(save, *FOLDERS["kd"]), folder(save, *FOLDERS["cka_group"])
+    grouping = os.path.join(cka, "cka_grouping.json")
+    out = cka_curves.main(["--path_t", teacher, "--grouping", grouping, "--run", f"kd={kd}", "--run", f"cka={cka}",
+                           "--images", "32"])
+    curves = out["curves"]
+    assert [r["epoch"] for r in curves["kd"]] == [0, 1, 2] == [r["epoch"] for r in curves["cka"]]
+    g = load_grouping(grouping)
+    model_t, _, _ = build_teacher(teacher, 100)
+    model_t.eval()
+    with RNGStream(3):
+        init = model_dict["resnet8"](num_classes=100)
+    images = cka_curves.plain_images(json.load(open(os.path.join(kd, "parameters.json"))), (3, 32, 32), 32)
+    with torch.no_grad():
+        assert group_cka(model_t, init, g, images)["group_cka"] == pytest.approx(curves["kd"][0]["group_cka"])
+        last = model_dict["resnet8"](num_classes=100)
+        last.load_state_dict(state(os.path.join(kd, "ckpt_epoch_2.pth"))[0])
+        assert group_cka(model_t, last, g, images)["group_cka"] == pytest.approx(curves["kd"][-1]["group_cka"])
+    assert len(curves["kd"][0]["group_cka"]) == len(g["teacher_ends"])
