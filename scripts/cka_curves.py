@@ -89,9 +89,9 @@ def main(argv=None):
     model_t.eval()
     images = plain_images(params, tuple(model_t.input_shape), a.images)
     result = {"grouping": a.grouping, "images": a.images, "curves": {}}
-    torch.set_grad_enabled(False)
     for label, folder in runs:
-        rows = curve(model_t, folder, grouping, images)
+        with torch.no_grad():
+            rows = curve(model_t, folder, grouping, images)
         result["curves"][label] = rows
         print(f"{label}: " + "; ".join(f"e{r['epoch']} " + "/".join(f"{v:.3f}" for v in r["group_cka"]) for r in rows))
     if a.out:
