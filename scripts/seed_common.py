@@ -68,7 +68,7 @@ def add_common_args(p: argparse.ArgumentParser, *, dataset: str, save_name: str,
                    help=f"train on N images (default: all; {SMOKE_IMAGES} with --smoke)")
     p.add_argument("--reuse", action="store_true",
                    help="reuse a run whose folder already holds summary.json instead of training it again, and "
-                        "continue an unfinished teacher" + (" or student" if grouped else "")
+                        "continue an unfinished " + ("teacher or student" if grouped else "train_teacher.py run")
                         + " from its last checkpoint")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (the in-memory loader needs none)")
 
@@ -197,8 +197,9 @@ class InitRecorder:
     """Records a checksum of the initial weights of every ``model_dict[name]`` built while active.
 
     The seeds compare methods from one student initialisation (seeds/004 prints the first conv's norm of
-    two fresh students); this checks it on the real runs: both scripts build the student right after
-    ``set_seed(--seed)``, so every run's first ``name`` model must have the same weights.
+    two fresh students); this checks it on the real runs: train_teacher.py, train_student.py and every row
+    of train_group.py build the student first in a random stream seeded by its ``--seed``, so runs with
+    one seed must build their first ``name`` model with the same weights.
     """
 
     def __init__(self, name: str):

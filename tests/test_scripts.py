@@ -678,6 +678,11 @@ def test_seed_scripts_default_to_the_seeds_models():
     assert (a.model_t, a.model_s, a.epochs) == ("ResNet50", "ResNet18", 200)
     a = s004.parse([])
     assert (a.model_t, a.model_s, a.epochs) == ("VGGCifar9", "VGGCifar5", 5)
+    import seed_common
+    for s in (s000, s004):  # five paired trials; one in CI's smoke mode
+        assert seed_common.parse_trials(s.parse([])) == [1, 2, 3, 4, 5]
+        assert seed_common.parse_trials(s.parse(["--smoke"])) == [1]
+        assert seed_common.parse_trials(s.parse(["--smoke", "--trials", "3,7"])) == [3, 7]
 
 
 def _small_fashion(tmp_path) -> tuple:
