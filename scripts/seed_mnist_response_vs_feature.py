@@ -1,10 +1,11 @@
-"""seeds/000: response-based vs feature-based distillation on MNIST, through the codebase.
+"""seeds/000: response-based vs feature-based distillation on MNIST, through the codebase, paired.
 
 The seed's experiment: a CNN teacher (3 conv layers, 512-d hidden layer; ``cnn_mnist_teacher``) trained
 for 8 epochs, then three copies of a small CNN student (2 conv layers, 128-d hidden; ``cnn_mnist_student``)
 trained for 3 epochs each, all with Adam lr 1e-3 and batch 64:
 
-* label only          train_teacher.py --model cnn_mnist_student (plain cross-entropy)
+* label only          plain cross-entropy: --distill kd -c 1 -d 0 -b 0 (no distillation term: the run
+                      train_teacher.py --model cnn_mnist_student makes, bitwise; tests/test_group.py)
 * output distillation the seed's ``0.7 * CE + 0.3 * T^2 KL(T=3)`` (alpha = 0.7 weighs the *CE* term):
                       --distill kd -c 0.7 -d 0.3 --kd_T 3
 * feature distillation the seed's normalised regressor: Linear(128->512)+BatchNorm1d on the student's hidden
@@ -12,15 +13,20 @@ trained for 3 epochs each, all with Adam lr 1e-3 and batch 64:
                       --distill hint --hint_layer -1 --hint_regressor linear --hint_norm --init_epochs 0
                       -c 0.7 -d 0 -b 0.3
 
-It prints the test accuracy of every epoch of the three students, saves the table
-(``<save_dir>/seed_mnist.md``/``.json``) and a PNG of the three curves (matplotlib, optional).
+The teacher is trained once (trial 0). The three students are one train_group.py group per trial
+(``--trials``, default 1..5): trial t reads the data in one order (``--data_seed t``) for all three and
+starts all three from one initialisation (``--seed t``; its checksum is printed per trial). The table
+(``<save_dir>/seed_mnist.md``/``.json``): each student's last-epoch test accuracy, mean +- std over the
+trials, its paired difference to the label-only student with a 95% interval, the per-epoch accuracy
+averaged over the trials (the seed printed it per epoch), and a PNG of those curves (matplotlib, optional).
 
     python scripts/seed_mnist_response_vs_feature.py --data_folder ./data            # MNIST
     python scripts/seed_mnist_response_vs_feature.py --dataset fashionmnist            # Debian's copy
     python scripts/seed_mnist_response_vs_feature.py --dataset fashionmnist --smoke    # CI-sized
 
-As in the seed, no training augmentation (``--no_augment``: shuffled images, no crop or flip). One
-difference from the seed's notebook: every student starts from the same initialisation (--seed).
+As in the seed, no training augmentation (``--no_augment``: shuffled images, no crop or flip). Differences
+from the seed's notebook: every student of a trial starts from the same initialisation, and there are
+several trials.
 """
 from __future__ import annotations
 
@@ -32,6 +38,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import seed_common as sc  # noqa: E402
 
 ADAM = ["--optimizer", "adam", "--learning_rate", "1e-3", "--weight_decay", "0"]
+REFERENCE = "Label only"
+ROWS = [
+    (REFERENCE, "--distill kd -c 1 -d 0 -b 0"),
+    ("Output distillation (KD, T=3)", "--distill kd -c 0.7 -d 0.3 -b 0 --kd_T 3"),
+    ("Feature distillation (normalised regressor)", "--distill hint --hint_layer -1 --hint_regressor linear "
+                                                    "--hint_norm --init_epochs 0 -c 0.7 -d 0 -b 0.3"),
+]
 
 
 def parse(argv=None):
@@ -42,7 +55,7 @@ def parse(argv=None):
     p.add_argument("--epochs", type=int, default=3, help="student epochs")
     p.add_argument("--path_t", default=None, help="use this trained teacher instead of training one")
     p.add_argument("--plot", default=None, help="PNG of the accuracy curves (default <save_dir>/seed_mnist.png)")
-    sc.add_common_args(p, dataset="MNIST", save_name="mnist_response_vs_feature", native="mnist")
+    sc.add_common_args(p, dataset="MNIST", save_name="mnist_response_vs_feature", native="mnist", grouped=True)
     return p.parse_args(argv)
 
 
@@ -72,62 +85,39 @@ def plot_curves(path: str, curves: dict, title: str) -> str | None:
 
 def main(argv=None) -> None:
     args = parse(argv)
+    trials = sc.parse_trials(args)
     sc.require_dataset(args, args.dataset)
     common = sc.common_flags(args, args.dataset, batch_size=64) + ADAM + ["--no_augment"]  # the seed: ToTensor only
-    e_s = sc.epochs(args, args.epochs)
 
     if args.path_t:
-        path_t, teacher_acc, teacher_arch = args.path_t, None, args.model_t
+        path_t, teacher_acc = args.path_t, None
     else:
         t = sc.train_vanilla(args, ["--model", args.model_t, "--epochs", sc.epochs(args, args.teacher_epochs),
-                                    "--trial", "0"] + common, "teacher")
-        path_t, teacher_acc, teacher_arch = t["checkpoint"], t["summary"]["last_acc"], args.model_t
-    teacher_flags = ["--path_t", path_t, "--model_t", teacher_arch]
-
-    runs = {}
-    with sc.InitRecorder(args.model_s) as init:
-        runs["Label only"] = sc.train_vanilla(
-            args, ["--model", args.model_s, "--epochs", e_s, "--trial", "0"] + common, "student, labels only")
-        runs["Label only"]["init"] = init.take()
-        runs["Output distillation (KD, T=3)"] = sc.train_distilled(
-            args, teacher_flags + ["--model_s", args.model_s, "--distill", "kd", "-c", "0.7", "-d", "0.3", "-b", "0",
-                                   "--kd_T", "3", "--epochs", e_s, "--trial", "0"] + common,
-            teacher_arch, "student, output distillation")
-        runs["Output distillation (KD, T=3)"]["init"] = init.take()
-        runs["Feature distillation (normalised regressor)"] = sc.train_distilled(
-            args, teacher_flags + ["--model_s", args.model_s, "--distill", "hint", "--hint_layer", "-1",
-                                   "--hint_regressor", "linear", "--hint_norm", "--init_epochs", "0",
-                                   "-c", "0.7", "-d", "0", "-b", "0.3", "--epochs", e_s, "--trial", "0"] + common,
-            teacher_arch, "student, feature distillation")
-        runs["Feature distillation (normalised regressor)"]["init"] = init.take()
-
+                                    "--trial", "0", "--seed", "0"] + common, "teacher")
+        path_t, teacher_acc = t["checkpoint"], t["summary"]["last_acc"]
+    shared = ["--path_t", path_t, "--model_t", args.model_t, "--model_s", args.model_s,
+              "--epochs", sc.epochs(args, args.epochs)] + common
+    trained = sc.train_groups(args, ROWS, shared, args.model_s, trials)
     if teacher_acc is None:
-        teacher_acc = next((r["summary"].get("teacher_acc") for r in runs.values()
-                            if r["summary"].get("teacher_acc") is not None), None)
-    n_ep = max(len(r["metrics"]) for r in runs.values())
-    header = ["student"] + [f"epoch {i}" for i in range(1, n_ep + 1)] + ["best"]
-    rows, data = [], {"dataset": args.dataset, "teacher": args.model_t, "student": args.model_s,
-                      "teacher_acc": teacher_acc, "smoke": args.smoke, "runs": {}}
-    for label, r in runs.items():
-        acc = [m["test_acc"] for m in r["metrics"]]
-        rows.append([label] + [sc.fmt(a) for a in acc] + [""] * (n_ep - len(acc)) + [sc.fmt(r["summary"]["best_acc"])])
-        data["runs"][label] = {"test_acc": acc, "best_acc": r["summary"]["best_acc"],
-                               "last_acc": r["summary"]["last_acc"], "folder": r["folder"], "init": r["init"]}
-    inits = {r["init"] for r in runs.values() if r["init"]}
-    text = (f"## seeds/000 on {args.dataset}: {args.model_t} -> {args.model_s}"
+        teacher_acc = next((r["summary"].get("teacher_acc") for per in trained["runs"].values()
+                            for r in per.values() if r["summary"].get("teacher_acc") is not None), None)
+
+    table, numbers = sc.paired_results(trained, ROWS, trials, REFERENCE)
+    data = {"dataset": args.dataset, "teacher": args.model_t, "student": args.model_s, "teacher_acc": teacher_acc,
+            "smoke": args.smoke} | numbers
+    text = (f"## seeds/000 on {args.dataset}: {args.model_t} -> {args.model_s}, {len(trials)} trial(s)"
             f"{' (smoke run)' if args.smoke else ''}\n\n"
-            f"Teacher test accuracy: {sc.fmt(teacher_acc)}%. Test accuracy (%) after each student epoch:\n\n"
-            + sc.markdown_table(header, rows)
-            + ("\nEvery student started from the same initial weights (checksum "
-               f"{inits.pop()}).\n" if len(inits) == 1 else
-               "\nWARNING: the students did not start from the same initial weights.\n" if inits else ""))
+            f"Teacher test accuracy: {sc.fmt(teacher_acc)}%. " + table)
     plot = args.plot or os.path.join(args.save_dir, "seed_mnist.png")
     os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
-    data["plot"] = plot_curves(plot, {k: v["test_acc"] for k, v in data["runs"].items()},
-                               f"Knowledge distillation on {args.dataset}: {args.model_t} -> {args.model_s}")
+    data["plot"] = plot_curves(plot, {k: v["curve"] for k, v in data["rows"].items()},
+                               f"Knowledge distillation on {args.dataset}: {args.model_t} -> {args.model_s} "
+                               f"(mean of {len(trials)} trial{'s' if len(trials) > 1 else ''})")
     if data["plot"]:
         text += f"\nPlot: {data['plot']}\n"
     sc.write_results(args, "seed_mnist", text, data)
+    if not data["same_init"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,27 @@ def test_group_students_are_bitwise_their_separate_runs(data_dir, teacher, tmp_p
         assert params["data_seed"] == 3 and params["seed"] == 3 and params["drop_last"] is True
 
 
+def test_a_label_only_row_is_the_train_teacher_run(data_dir, teacher, tmp_path):
+    """A row with no distillation term (``--distill kd -c 1 -d 0 -b 0``: the seed scripts' label-only
+    student) trains exactly as train_teacher.py trains that model with the same seed, data seed and optimiser
+    (Adam with a cosine schedule, as seeds/004): the same weights, optimiser state and metrics."""
+    g_save, t_save = str(tmp_path / "g"), str(tmp_path / "t")
+    opt = ["--optimizer", "adam", "--learning_rate", "0.01", "--weight_decay", "0", "--lr_schedule", "cosine"]
+    argv = shared(data_dir, teacher, g_save) + opt + ["--student", "--distill kd -c 1 -d 0 -b 0",
+                                                      "--student", "--distill hint -c 0.5 -d 0 -b 0.5"]
+    train_group.main(argv)
+    train_teacher.main(["--model", "resnet8", "--data_folder", data_dir, "--epochs", "2", "--save_dir", t_save,
+                        "--trial", "3", "--seed", "3", "--data_seed", "3"] + TINY + opt)
+    fa = folder(g_save, "kd", 1.0, 0.0, 0.0)
+    fb = os.path.join(t_save, "teachers", "models", "resnet8_vanilla_cifar100_trial_3")
+    a, b = load_file(os.path.join(fa, "resnet8_last.pth")), load_file(os.path.join(fb, "resnet8_last.pth"))
+    assert_bitwise((a["model"], a["optimizer"]), (b["model"], b["optimizer"]), "label-only row")
+    ma, mb = metrics(fa), metrics(fb)
+    for rec in ma + mb:  # wall-clock fields differ, the rest must not
+        rec.pop("epoch_time"), rec.pop("img_per_s")
+    assert ma == mb and len(ma) == 2
+
+
 def test_a_diverging_student_stops_alone(data_dir, teacher, tmp_path, capsys):
     save = str(tmp_path)
     argv = shared(data_dir, teacher, save) + ["--student", ROWS["kd"],

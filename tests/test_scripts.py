@@ -678,6 +678,11 @@ def test_seed_scripts_default_to_the_seeds_models():
     assert (a.model_t, a.model_s, a.epochs) == ("ResNet50", "ResNet18", 200)
     a = s004.parse([])
     assert (a.model_t, a.model_s, a.epochs) == ("VGGCifar9", "VGGCifar5", 5)
+    import seed_common
+    for s in (s000, s004):  # five paired trials; one in CI's smoke mode
+        assert seed_common.parse_trials(s.parse([])) == [1, 2, 3, 4, 5]
+        assert seed_common.parse_trials(s.parse(["--smoke"])) == [1]
+        assert seed_common.parse_trials(s.parse(["--smoke", "--trials", "3,7"])) == [3, 7]
 
 
 def _small_fashion(tmp_path) -> tuple:
@@ -693,16 +698,51 @@ def _small_fashion(tmp_path) -> tuple:
     return folder, "mnist"
 
 
+def _rows(res: dict, trial: int) -> dict:
+    """{label: that trial's run record} of a grouped seed script's results."""
+    return {label: row["runs"][str(trial)] for label, row in res["rows"].items()}
+
+
+def _check_groups(res: dict, save, trials: list, reference: str) -> None:
+    """What every grouped seed script promises: per trial one group, every row with --data_seed t and
+    --seed t (its own folder), one initialisation per trial (and another in the next), the teacher trained
+    once, and each row's paired differences to the reference taken trial by trial from the runs' summaries."""
+    import paired_table
+    assert res["trials"] == trials and res["reference"] == reference and res["same_init"]
+    for t in trials:
+        sums = res["inits"][str(t)]
+        assert len(sums) == len(res["rows"]) and len(set(sums)) == 1
+        for label, run in _rows(res, t).items():
+            p = _params(run["folder"])
+            assert (p["seed"], p["data_seed"], p["trial"]) == (t, t, f"{paired_table.slug(label)}_{t}")
+    assert len({res["inits"][str(t)][0] for t in trials}) == len(trials)  # trials differ in initialisation
+    assert os.listdir(os.path.join(save, "teachers", "models")) == [f"{res['teacher']}_vanilla_{res['dataset']}_trial_0"]
+    ref = {t: _summary(_rows(res, t)[reference]["folder"])["last_acc"] for t in trials}
+    for label, row in res["rows"].items():
+        last = [_summary(row["runs"][str(t)]["folder"])["last_acc"] for t in trials]
+        assert row["last"] == last and row["trials"] == trials
+        curves = [row["runs"][str(t)]["test_acc"] for t in trials]
+        assert row["curve"] == pytest.approx([sum(c[e] for c in curves) / len(curves) for e in range(len(curves[0]))])
+        if label != reference:
+            diffs = [a - ref[t] for a, t in zip(last, trials)]
+            assert row["paired"]["diffs"] == pytest.approx(diffs) and row["paired"]["n"] == len(trials)
+            assert row["paired"]["mean"] == pytest.approx(sum(diffs) / len(diffs))
+
+
 def test_seed_mnist_smoke(tmp_path):
     data, name = _small_fashion(tmp_path)
     save = tmp_path / "runs"
     r = run_seed("seed_mnist_response_vs_feature.py", "--smoke", "--dataset", name, "--data_folder", data,
-                 "--save_dir", save, "--device", "cpu")
+                 "--save_dir", save, "--device", "cpu", "--trials", "1,2")
     res = _results(save, "seed_mnist")
-    runs = res["runs"]
-    assert list(runs) == ["Label only", "Output distillation (KD, T=3)", "Feature distillation (normalised regressor)"]
-    assert all(len(v["test_acc"]) == 1 for v in runs.values()) and res["teacher_acc"] is not None
-    assert len({v["init"] for v in runs.values()}) == 1  # one student initialisation for every method
+    assert list(res["rows"]) == ["Label only", "Output distillation (KD, T=3)",
+                                 "Feature distillation (normalised regressor)"]
+    assert res["teacher_acc"] is not None and r.stdout.count("(one group)") == 2
+    _check_groups(res, str(save), [1, 2], "Label only")
+    runs = _rows(res, 2)
+    assert all(len(v["test_acc"]) == 1 for v in runs.values())
+    base = _summary(runs["Label only"]["folder"])  # the label-only student: no distillation term
+    assert (base["distill"], base["cls"], base["div"], base["beta"]) == ("kd", 1.0, 0.0, 0.0)
     # the seed's weighting: alpha = 0.7 weighs the CE term
     kd = _summary(runs["Output distillation (KD, T=3)"]["folder"])
     assert (kd["distill"], kd["cls"], kd["div"], kd["beta"]) == ("kd", 0.7, 0.3, 0.0)
@@ -711,13 +751,22 @@ def test_seed_mnist_smoke(tmp_path):
     assert (feat["distill"], feat["hint_layer"], feat["hint_regressor"], feat["hint_norm"], feat["init_epochs"],
             feat["cls"], feat["div"], feat["beta"]) == ("hint", -1, "linear", True, 0, 0.7, 0.0, 0.3)
     assert (feat["optimizer"], feat["learning_rate"], feat["train_subset"], feat["epochs"]) == ("adam", 1e-3, 200, 1)
-    assert feat["no_augment"] and _params(runs["Output distillation (KD, T=3)"]["folder"])["no_augment"]  # as the seed
-    assert "| Label only |" in r.stdout
+    assert feat["no_augment"] and _params(runs["Label only"]["folder"])["no_augment"]  # as the seed
+    assert "| **Label only** |" in r.stdout and "| Output distillation (KD, T=3) |" in r.stdout
     try:
         import matplotlib  # noqa: F401
         assert res["plot"] and os.path.getsize(res["plot"]) > 1000
     except ImportError:
         assert res["plot"] is None and "matplotlib is not installed" in r.stdout
+
+
+def test_seed_group_scripts_refuse_bad_trials(tmp_path):
+    for script in ("seed_mnist_response_vs_feature.py", "seed_vgg_cifar10.py"):
+        for bad in ("1,x", "1,1", "-1"):
+            r = run_seed(script, "--smoke", "--trials", bad, "--data_folder", tmp_path, "--save_dir", tmp_path,
+                         check=False)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --trials"), r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -730,12 +779,15 @@ def cifar_folders(tmp_path_factory):
 
 def test_seed_vgg_cifar10_smoke(tmp_path, cifar_folders):
     save = tmp_path / "runs"
-    run_seed("seed_vgg_cifar10.py", "--smoke", "--data_folder", cifar_folders[0], "--save_dir", save,
-             "--model_t", "resnet14", "--model_s", "resnet8", "--device", "cpu")
+    args = ["--smoke", "--data_folder", cifar_folders[0], "--save_dir", save, "--model_t", "resnet14",
+            "--model_s", "resnet8", "--device", "cpu"]
+    run_seed("seed_vgg_cifar10.py", *args)
     res = _results(save, "seed_vgg_cifar10")
-    runs = res["runs"]
-    assert list(runs) == ["CE", "KD (T=10, 0.5/0.5)", "Cosine loss (0.5/0.5)", "Regressor + MSE (0.5/0.5)"]
-    assert res["same_init"] and len({v["init"] for v in runs.values()}) == 1
+    assert list(res["rows"]) == ["CE", "KD (T=10, 0.5/0.5)", "Cosine loss (0.5/0.5)", "Regressor + MSE (0.5/0.5)"]
+    _check_groups(res, str(save), [1], "CE")  # --smoke: one trial
+    runs = _rows(res, 1)
+    ce = _params(runs["CE"]["folder"])
+    assert (ce["distill"], ce["cls"], ce["div"], ce["beta"], ce["optimizer"]) == ("kd", 1.0, 0.0, 0.0, "adam")
     kd = _params(runs["KD (T=10, 0.5/0.5)"]["folder"])
     assert (kd["cls"], kd["div"], kd["kd_T"], kd["optimizer"], kd["learning_rate"], kd["lr_schedule"],
             kd["weight_decay"], kd["no_augment"]) == (0.5, 0.5, 10.0, "adam", 0.01, "cosine", 0.0, True)
@@ -743,6 +795,11 @@ def test_seed_vgg_cifar10_smoke(tmp_path, cifar_folders):
     assert (hint["hint_layer"], hint["hint_regressor"], hint["init_epochs"], hint["cls"], hint["beta"]) == (
         -2, "convbn", 0, 0.5, 0.5)
     assert _summary(runs["Cosine loss (0.5/0.5)"]["folder"])["distill"] == "cosine"
+    # --reuse: nothing is trained again, the same table, the initialisations checked again
+    r = run_seed("seed_vgg_cifar10.py", *args, "--reuse")
+    assert "epoch 1/1" not in r.stdout and "--resume_all" in r.stdout
+    again = _results(save, "seed_vgg_cifar10")
+    assert again["rows"] == res["rows"] and again["inits"] == res["inits"]
 
 
 def test_seed_vgg_protocol_runs_on_fashionmnist(tmp_path):
@@ -752,7 +809,7 @@ def test_seed_vgg_protocol_runs_on_fashionmnist(tmp_path):
     save = tmp_path / "runs"
     run_seed("seed_vgg_cifar10.py", "--smoke", "--dataset", "fashionmnist", "--data_folder", folder,
              "--save_dir", save, "--model_t", "resnet14", "--model_s", "resnet8", "--device", "cpu")
-    runs = _results(save, "seed_vgg_cifar10")["runs"]
+    runs = _rows(_results(save, "seed_vgg_cifar10"), 1)
     assert len(runs) == 4 and {_params(v["folder"])["dataset"] for v in runs.values()} == {"fashionmnist"}
 
 
