@@ -108,9 +108,12 @@ def report(results: dict, rows, trials, reference: str, metric: str = "last_acc"
     ref = results[reference]
     lines = [f"| row | last top-1 (mean ± std) | best top-1 | per trial (last) | Δ vs {reference}: mean ± std "
              f"| 95% interval | distinguishable |", "|---|---|---|---|---|---|---|"]
-    data = {}
+    data, absent = {}, []
     for label, _ in rows:
         runs = results[label]
+        if not runs and label != reference:
+            absent.append(label)   # no trial of this row has finished: one line under the table, not a row of dashes
+            continue
         ok = {t: s for t, s in runs.items() if s.get("status", "finished") == "finished" and s.get(metric) is not None}
         diverged = [t for t, s in runs.items() if s.get("status") == "diverged"]
         last = [ok[t][metric] for t in trials if t in ok]
@@ -124,10 +127,18 @@ def report(results: dict, rows, trials, reference: str, metric: str = "last_acc"
             d = paired([ok[t][metric] - ref[t][metric] for t in common])
             rec["paired"] = d | {"diffs": [ok[t][metric] - ref[t][metric] for t in common]}
             ci = d["ci95"]
-            lines.append(f"| {label} | {fmt_ms(last)} | {fmt_ms(best)} | {per} | "
-                         f"{d['mean']:+.2f} ± {d['std']:.2f} (n={d['n']}) | [{ci[0]:+.2f}, {ci[1]:+.2f}] | "
-                         f"{'**yes**' if d['distinguishable'] else 'no'} |")
+            if d["n"] >= 2:
+                cells = (f"{d['mean']:+.2f} ± {d['std']:.2f} (n={d['n']}) | [{ci[0]:+.2f}, {ci[1]:+.2f}] | "
+                         f"{'**yes**' if d['distinguishable'] else 'no'}")
+            elif d["n"] == 1:
+                cells = f"{d['mean']:+.2f} (n=1) | no interval from one trial | -"
+            else:
+                cells = "no common trial | | -"
+            lines.append(f"| {label} | {fmt_ms(last)} | {fmt_ms(best)} | {per} | {cells} |")
         data[label] = rec
+    if absent:
+        lines.append("")
+        lines.append("Not run yet (no finished trial): " + ", ".join(absent) + ".")
     return "\n".join(lines), data
 
 

@@ -235,6 +235,21 @@ def test_paired_statistics_against_the_t_formula():
     assert level["ci95"][0] < 0 < level["ci95"][1] and not level["distinguishable"]
 
 
+def test_paired_table_report_lists_unrun_rows_once_and_gives_no_interval_from_one_trial():
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import paired_table
+    s = lambda acc: {"status": "finished", "last_acc": acc, "best_acc": acc + 0.1}  # noqa: E731
+    results = {"kd": {1: s(85.0), 2: s(86.0)}, "a": {1: s(86.0), 2: s(86.5)}, "b": {1: s(84.0)},
+               "c": {}, "d": {1: {"status": "diverged", "last_acc": None, "best_acc": 10.0}}}
+    rows = [(k, "") for k in results]
+    text, data = paired_table.report(results, rows, [1, 2], "kd")
+    assert "| a | 86.25 ± 0.35 |" in text and "+0.75 ± 0.35 (n=2)" in text
+    assert "| b | 84.00 |" in text and "-1.00 (n=1) | no interval from one trial" in text
+    assert "nan" not in text and "| c |" not in text and text.endswith("Not run yet (no finished trial): c.")
+    assert "| d | - | - | div., - | no common trial" in text and data["d"]["diverged"] == [1]
+
+
 def test_paired_table_runs_groups_per_trial_and_reports_differences(data_dir, teacher, tmp_path):
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
