@@ -262,6 +262,25 @@ def train_groups(args, rows: list, shared: list, model_s: str, trials: list) -> 
     return {"runs": runs, "inits": inits}
 
 
+def teacher_and_groups(args, rows: list, trials: list, teacher_argv: list, student_argv: list) -> tuple:
+    """The seed's teacher (``--path_t``, or trained once as trial 0 with ``teacher_argv``), then its students
+    as one group per trial (``student_argv`` after the shared model/epoch flags). Returns (train_groups'
+    result, the teacher's test accuracy: its own run's, else the one the students' runs measured)."""
+    if args.path_t:
+        path_t, teacher_acc = args.path_t, None
+    else:
+        t = train_vanilla(args, ["--model", args.model_t, "--epochs", epochs(args, args.teacher_epochs),
+                                 "--trial", "0", "--seed", "0"] + teacher_argv, "teacher")
+        path_t, teacher_acc = t["checkpoint"], t["summary"]["last_acc"]
+    shared = ["--path_t", path_t, "--model_t", args.model_t, "--model_s", args.model_s,
+              "--epochs", epochs(args, args.epochs)] + student_argv
+    trained = train_groups(args, rows, shared, args.model_s, trials)
+    if teacher_acc is None:
+        teacher_acc = next((r["summary"].get("teacher_acc") for per in trained["runs"].values()
+                            for r in per.values() if r["summary"].get("teacher_acc") is not None), None)
+    return trained, teacher_acc
+
+
 def mean_curve(records: list) -> list:
     """Per-epoch test top-1 averaged over the runs that reached that epoch (diverged runs left out)."""
     curves = [[m["test_acc"] for m in r["metrics"]] for r in records

@@ -67,18 +67,8 @@ def main(argv=None) -> None:
     sc.require_dataset(args, args.dataset)
     common = sc.common_flags(args, args.dataset, batch_size=128) + ["--no_augment"]  # the seed: ToTensor only
     e_s = sc.epochs(args, args.epochs)
-    if args.path_t:
-        path_t, teacher_acc = args.path_t, None
-    else:
-        t = sc.train_vanilla(args, ["--model", args.model_t, "--epochs", sc.epochs(args, args.teacher_epochs),
-                                    "--trial", "0", "--seed", "0"] + common + TEACHER_OPT, "teacher")
-        path_t, teacher_acc = t["checkpoint"], t["summary"]["last_acc"]
-    shared = ["--path_t", path_t, "--model_t", args.model_t, "--model_s", args.model_s, "--epochs", e_s] \
-        + common + STUDENT_OPT
-    trained = sc.train_groups(args, ROWS, shared, args.model_s, trials)
-    if teacher_acc is None:
-        teacher_acc = next((r["summary"].get("teacher_acc") for per in trained["runs"].values()
-                            for r in per.values() if r["summary"].get("teacher_acc") is not None), None)
+    trained, teacher_acc = sc.teacher_and_groups(args, ROWS, trials, common + TEACHER_OPT,
+                                                 common + STUDENT_OPT)
 
     table, numbers = sc.paired_results(trained, ROWS, trials, REFERENCE)
     data = {"dataset": args.dataset, "teacher": args.model_t, "student": args.model_s, "teacher_acc": teacher_acc,
