@@ -5,7 +5,9 @@ Hypothesis: a student whose processing *flow* resembles the teacher's approaches
    un-augmented training images in eval mode with the unbiased minibatch estimator (Nguyen et al.
    2021: HSIC_1 sums over batches, divided once), in batches of at least 4 images.
 2. The teacher's ordered layers are cut into n contiguous groups by the exact DP of contiguous
-   kernel k-means (helper/grouping.py); ``--cka_grouping uniform|random`` are the ablations.
+   kernel k-means (helper/grouping.py); ``--cka_grouping uniform|random`` are the ablations. The same rule
+   is applied again to ``--cka_stability`` bootstrap replicates of the matrix (its batches of images drawn
+   with replacement): how often they give the same groups is logged and saved (``stability``).
 3. The student's L_s layers are cut into n groups by ``--cka_student_split``: evenly (numpy.array_split
    sizes, the default), at the teacher's relative depths, or with its stem / embedding anchored to a
    teacher group that is the stem / embedding alone; student group i is matched with teacher group i.
@@ -46,10 +48,11 @@ import numpy as np
 import torch
 
 from helper import distributed as dist_util
-from helper.cka import MIN_BATCH_UNBIASED, no_autocast, pool_features, unit_grams
+from helper.cka import MIN_BATCH_UNBIASED, bootstrap_cka, no_autocast, pool_features, unit_grams
 from helper.cka_diagnostics import DEFAULT_POOL, cka_figure, figure_rgb, layer_cka, write_png
 from helper.grouping import STUDENT_SPLITS, block_cka, check_ends, contiguous_groups, group_objective, \
-    grouping_objective_curve, groups_from_ends, knee_n_groups, random_groups, student_split, uniform_groups
+    grouping_objective_curve, grouping_stability, groups_from_ends, knee_n_groups, random_groups, student_split, \
+    uniform_groups
 from models.layers import LayerRecorder
 
 from . import register
@@ -72,6 +75,19 @@ def _layer_names(model, count: int) -> list[str]:
     inner = getattr(model, "module", model)
     names = list(inner.layer_names()) if hasattr(inner, "layer_names") else []
     return names if len(names) == count else [f"layer {i}" for i in range(count)]
+
+
+def _describe_stability(g: dict) -> str:
+    """The grouping's bootstrap stability (CKAGroup.stability) for the log line, or ""."""
+    st = g.get("stability") or {}
+    if not st.get("replicates"):
+        return f"; stability not measured ({st['note']})" if st.get("note") else ""
+    text = (f"; stability: teacher ends {g['teacher_ends']} in {100 * st['same_ends']:.0f}% of {st['replicates']} "
+            f"bootstrap replicates (the {st['batches']} batches of grouping images drawn with replacement)")
+    if g.get("n_rule") == "knee":
+        text += f", n={g['n_groups']} in {100 * st['same_n']:.0f}%"
+    others = [f"{ends} {100 * frac:.0f}%" for ends, frac in st["most_common"] if ends != list(g["teacher_ends"])]
+    return text + (f"; otherwise {', '.join(others)}" if others else "")
 
 
 def _round(m) -> list:
@@ -100,6 +116,10 @@ class CKAGroup(Distiller):
                             "the other groups; no such teacher group: the even split)")
         g.add_argument("--cka_images", type=int, default=1000,
                        help="un-augmented training images for the teacher's CKA matrix (at least 4)")
+        g.add_argument("--cka_stability", type=int, default=200,
+                       help="bootstrap replicates (the grouping images' batches drawn with replacement) on which the "
+                            "teacher is grouped again by the same rule: how often they give the same groups and "
+                            "each cut goes to the log and cka_grouping.json ('stability'); 0: not measured")
         g.add_argument("--cka_estimator", default="unbiased", choices=("unbiased", "biased"),
                        help="per-batch CKA estimator of the loss (the grouping always uses unbiased)")
         g.add_argument("--cka_pool", type=int, default=DEFAULT_POOL,
@@ -141,6 +161,8 @@ class CKAGroup(Distiller):
             refuse(f"cka_group sees batches of {b} (per rank{' after gathering' if self.gather else ''}); the "
                    f"{opt.cka_estimator} CKA estimator needs at least {b_min}: raise --batch_size"
                    + ("" if self.gather or opt.world_size == 1 else " or pass --cka_gather"))
+        if opt.cka_stability < 0:
+            refuse(f"--cka_stability {opt.cka_stability}: give a number of bootstrap replicates, or 0 for none")
         if opt.cka_images < MIN_BATCH_UNBIASED:
             refuse(f"--cka_images {opt.cka_images}: the teacher's CKA matrix (unbiased estimator) needs at least "
                    f"{MIN_BATCH_UNBIASED} images; use hundreds (default 1000)")
@@ -204,13 +226,14 @@ class CKAGroup(Distiller):
                    "but this data pipeline offers none")
         key = self._source_key()
         if key not in self._cache:
-            out = layer_cka(self._model_t[0], self._plain_images(self.images), self.pool, rec_t=self._rec_t)
-            self._cache[key] = {k: out[k] for k in ("teacher", "teacher_layers", "images")}
+            out = layer_cka(self._model_t[0], self._plain_images(self.images), self.pool, rec_t=self._rec_t,
+                            keep_batches=True)
+            self._cache[key] = {k: out[k] for k in ("teacher", "teacher_layers", "images", "teacher_terms")}
         return self._cache[key]
 
-    def choose_grouping(self, sim: np.ndarray, images: int) -> dict:
+    def teacher_ends(self, s: np.ndarray) -> tuple[int, int | None, list[int]]:
+        """(n, the uncapped knee or None, the teacher's group ends) by this run's rule on similarity ``s``."""
         opt = self.opt
-        s = np.asarray(sim, dtype=np.float64)
         auto = str(opt.cka_groups) == "auto"
         n, knee = knee_n_groups(s, self.n_max) if auto else (int(opt.cka_groups), None)
         if opt.cka_grouping == "dp":
@@ -219,7 +242,26 @@ class CKAGroup(Distiller):
             t_ends = uniform_groups(self.L_t, n)
         else:
             t_ends = random_groups(self.L_t, n, seed=self.seed)
-        t_ends = [int(e) for e in t_ends]
+        return n, knee, [int(e) for e in t_ends]
+
+    def stability(self, terms: dict | None, t_ends: list[int]) -> dict | None:
+        """The grouping rule applied again to ``--cka_stability`` batch-bootstrap replicates of the teacher's
+        matrix (helper.grouping.grouping_stability); None when not asked for or there are no batch terms."""
+        if terms is None or not self.opt.cka_stability:
+            return None
+        batches = int(np.shape(terms["cross"])[0])
+        if batches < 2:
+            return {"replicates": 0, "batches": batches, "unit": "batch",
+                    "note": "the grouping images came in one batch: nothing to resample (lower --batch_size)"}
+        reps = bootstrap_cka(terms, self.opt.cka_stability, seed=self.seed)
+        return {**grouping_stability(reps, t_ends, lambda m: self.teacher_ends(m)[2]), "unit": "batch",
+                "batches": batches}
+
+    def choose_grouping(self, sim: np.ndarray, images: int, terms: dict | None = None) -> dict:
+        opt = self.opt
+        s = np.asarray(sim, dtype=np.float64)
+        auto = str(opt.cka_groups) == "auto"
+        n, knee, t_ends = self.teacher_ends(s)
         s_ends, anchored = student_split(opt.cka_student_split, self.L_s, t_ends, self.L_t)
         names = lambda ends, nm: [[nm[i] for i in g] for g in groups_from_ends(ends)]  # noqa: E731
         return {"n_groups": n, "n_rule": "knee" if auto else "given", "n_max": self.n_max,
@@ -232,7 +274,8 @@ class CKAGroup(Distiller):
                 "dp_objective_curve": [float(v) for v in grouping_objective_curve(s, self.n_max)],
                 "teacher_cka": _round(s), "estimator": "unbiased minibatch (Nguyen et al. 2021)",
                 "images": int(images), "pool": self.pool, "loss_estimator": opt.cka_estimator,
-                "reduce": self.reduce, "group_weights": str(opt.cka_group_weights)}
+                "reduce": self.reduce, "group_weights": str(opt.cka_group_weights),
+                "stability": self.stability(terms, t_ends)}
 
     def _fits(self, g: dict) -> bool:
         """Whether a grouping (and its measurements) from a checkpoint fits these models."""
@@ -268,7 +311,7 @@ class CKAGroup(Distiller):
         if self.grouping is None:
             if dist_util.is_main():
                 sim = self.teacher_similarity()
-                g = self.choose_grouping(sim["teacher"], sim["images"])
+                g = self.choose_grouping(sim["teacher"], sim["images"], sim.get("teacher_terms"))
             else:
                 g = None
             self.grouping = dist_util.broadcast_object(g)
@@ -307,7 +350,7 @@ class CKAGroup(Distiller):
                 + (f", {' and '.join(anchored)} anchored" if anchored else "")
                 + f") {ranges(g['student_ends'], names_s)} "
                 f"of {self.L_s}; objective J={g['objective']:.4f}; J(1..{len(g['dp_objective_curve'])})="
-                + ", ".join(f"{v:.3f}" for v in g["dp_objective_curve"]))
+                + ", ".join(f"{v:.3f}" for v in g["dp_objective_curve"]) + _describe_stability(g))
 
     def _set_groups(self, s_ends, t_ends) -> None:
         n = len(t_ends)

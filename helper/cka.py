@@ -36,6 +36,7 @@ import contextlib
 import operator
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,7 +47,7 @@ MIN_BATCH_UNBIASED = 4
 
 __all__ = [
     "DEFAULT_EPS", "MIN_BATCH_UNBIASED", "gram", "center_gram", "centered_gram", "unit_gram",
-    "unit_grams", "linear_cka", "hsic", "cka_matrix", "MinibatchCKA", "pool_features",
+    "unit_grams", "linear_cka", "hsic", "cka_matrix", "MinibatchCKA", "cka_from_sums", "bootstrap_cka", "pool_features",
 ]
 
 
@@ -270,9 +271,14 @@ class MinibatchCKA:
 
     Use: ``acc = MinibatchCKA(); for x in loader: acc.update(teacher_feats(x)); S = acc.compute()``
     (with feats_b omitted the matrix is L x L and symmetric).
+
+    ``keep_batches=True`` also keeps each batch's terms (float64, on the CPU): ``batch_terms()`` returns
+    them, and a resample of the batches gives a bootstrap replicate of the matrix
+    (helper/grouping.bootstrap_similarities), from which cka_group reports how stable its grouping is.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_batches: bool = False) -> None:
+        self.keep_batches = keep_batches
         self.reset()
 
     def reset(self) -> None:
@@ -282,6 +288,7 @@ class MinibatchCKA:
         self.num_batches = 0
         self.num_examples = 0
         self._square: bool | None = None
+        self._batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     @staticmethod
     def _grams(feats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -327,6 +334,8 @@ class MinibatchCKA:
             self.cross = self.cross + cross.to(self.cross.device)
             self.self_a = self.self_a + sa.to(self.self_a.device)
             self.self_b = self.self_b + sb.to(self.self_b.device)
+        if self.keep_batches:
+            self._batches.append((cross.cpu(), sa.cpu(), sb.cpu()))
         self.num_batches += 1
         self.num_examples += b
 
@@ -334,10 +343,46 @@ class MinibatchCKA:
         """The accumulated (L_a, L_b) CKA matrix, float64, on the device of the first batch."""
         if self.cross is None:
             raise ConfigError("MinibatchCKA.compute() called before any update(); feed it batches first")
-        prod = self.self_a[:, None] * self.self_b[None, :]
+        return cka_from_sums(self.cross, self.self_a, self.self_b)
+
+    def batch_terms(self) -> dict:
+        """Each batch's HSIC_1 terms as float64 NumPy arrays: ``cross`` (T, L_a, L_b), ``self_a`` (T, L_a),
+        ``self_b`` (T, L_b); their sums over T are what `compute()` divides. Needs ``keep_batches=True``."""
+        if not self.keep_batches:
+            raise ConfigError("MinibatchCKA(keep_batches=True) keeps the per-batch terms; this one did not")
+        if not self._batches:
+            raise ConfigError("MinibatchCKA.batch_terms() called before any update(); feed it batches first")
+        return {k: torch.stack([b[i] for b in self._batches]).numpy()
+                for i, k in enumerate(("cross", "self_a", "self_b"))}
+
+
+def cka_from_sums(cross, self_a, self_b):
+    """CKA_ij = cross_ij / sqrt(self_a_i * self_b_j) (0 where a self term is 0: a constant layer); torch
+    tensors or NumPy arrays, the sums of HSIC_1 terms that `MinibatchCKA` accumulates."""
+    if isinstance(cross, torch.Tensor):
+        prod = self_a[:, None] * self_b[None, :]
         ok = prod > 0
-        return torch.where(ok, self.cross / torch.sqrt(torch.where(ok, prod, torch.ones_like(prod))),
+        return torch.where(ok, cross / torch.sqrt(torch.where(ok, prod, torch.ones_like(prod))),
                            torch.zeros_like(prod))
+    prod = np.asarray(self_a)[..., :, None] * np.asarray(self_b)[..., None, :]
+    ok = prod > 0
+    return np.where(ok, np.asarray(cross) / np.sqrt(np.where(ok, prod, 1.0)), 0.0)
+
+
+def bootstrap_cka(terms: dict, replicates: int, seed: int = 0) -> np.ndarray:
+    """(R, L_a, L_b) bootstrap replicates of a minibatch CKA matrix from its per-batch terms
+    (`MinibatchCKA.batch_terms()`): replicate r draws the T batches with replacement and divides the
+    resampled sums as `compute()` does. The batch is the resampling unit (the images of one batch share
+    their centring), so the spread reflects which images were measured, at the batch's granularity."""
+    cross = np.asarray(terms["cross"], dtype=np.float64)
+    t = cross.shape[0]
+    if replicates < 1:
+        raise ConfigError(f"bootstrap_cka: replicates must be >= 1, got {replicates}")
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, t, size=t), minlength=t) for _ in range(replicates)])
+    counts = counts.astype(np.float64)
+    return cka_from_sums(np.einsum("rt,tij->rij", counts, cross), counts @ np.asarray(terms["self_a"]),
+                         counts @ np.asarray(terms["self_b"]))
 
 
 # ----------------------------------------------------------------------------- preprocessing

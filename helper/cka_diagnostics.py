@@ -53,7 +53,8 @@ def _recorder(model, pool, recorder):
 
 @torch.no_grad()
 def layer_cka(model_t, images: Iterable[torch.Tensor], pool: int | None = None, model_s=None,
-              rec_t: LayerRecorder | None = None, rec_s: LayerRecorder | None = None) -> dict:
+              rec_t: LayerRecorder | None = None, rec_s: LayerRecorder | None = None,
+              keep_batches: bool = False) -> dict:
     """Unbiased minibatch CKA of the teacher's layers with each other and, with ``model_s``, of the
     student's layers against the teacher's, over the image batches ``images``.
 
@@ -61,13 +62,15 @@ def layer_cka(model_t, images: Iterable[torch.Tensor], pool: int | None = None, 
     the estimator's minimum. ``rec_t``/``rec_s``: recorders already hooked on the models with this
     pooling (cka_group keeps them from before ``--compile``); otherwise hooks are added and removed.
     Returns ``teacher`` (L_t, L_t) and ``student_x_teacher`` (L_s, L_t) or None as float64 arrays,
-    ``teacher_layers``/``student_layers`` (names) and ``images`` (how many were used).
+    ``teacher_layers``/``student_layers`` (names) and ``images`` (how many were used); with
+    ``keep_batches`` also ``teacher_terms``, the teacher matrix's per-batch terms (MinibatchCKA.batch_terms,
+    for helper.cka.bootstrap_cka).
     """
     models = [(model_t, _recorder(model_t, pool, rec_t))]
     if model_s is not None:
         models.append((model_s, _recorder(model_s, pool, rec_s)))
     modes = [m.training for m, _ in models]
-    tt, st = MinibatchCKA(), MinibatchCKA()
+    tt, st = MinibatchCKA(keep_batches=keep_batches), MinibatchCKA()
     try:
         for m, _ in models:
             m.eval()
@@ -94,7 +97,7 @@ def layer_cka(model_t, images: Iterable[torch.Tensor], pool: int | None = None, 
     return {"teacher": tt.compute().cpu().numpy(),
             "student_x_teacher": st.compute().cpu().numpy() if model_s is not None else None,
             "teacher_layers": models[0][1].names, "student_layers": models[1][1].names if model_s is not None else None,
-            "images": tt.num_examples}
+            "images": tt.num_examples, "teacher_terms": tt.batch_terms() if keep_batches else None}
 
 
 def load_grouping(path: str) -> dict:

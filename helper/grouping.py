@@ -30,6 +30,7 @@ __all__ = [
     "contiguous_groups", "group_objective", "grouping_objective_curve", "choose_n_groups", "knee_n_groups",
     "even_split", "uniform_groups", "random_groups", "groups_from_ends", "check_ends",
     "STUDENT_SPLITS", "proportional_split", "anchored_split", "student_split", "block_cka",
+    "grouping_stability",
 ]
 
 _TIE_TOL = 1e-10  # relative tolerance for ties in the DP reconstruction
@@ -341,3 +342,35 @@ def block_cka(c, s_ends: Sequence[int], t_ends: Sequence[int], reduce: str = "me
     f = getattr(np, reduce)
     pairs = zip(groups_from_ends(s_ends), groups_from_ends(t_ends))
     return [float(f(c[a.start:a.stop, b.start:b.stop])) for a, b in pairs]
+
+
+# ----------------------------------------------------------------------------- stability
+
+def grouping_stability(replicate_sims, ends: Sequence[int], choose) -> dict:
+    """How stable a grouping is under resampling of the images its similarity matrix was measured on.
+
+    ``choose`` maps a similarity matrix to group ends by the rule that gave ``ends`` (the DP at the
+    same n, or the knee then the DP, ...); it is applied to every replicate matrix (helper.cka.bootstrap_cka).
+    Returns ``replicates``; ``same_ends`` and ``same_n``, the fractions of replicates whose grouping is
+    ``ends`` and whose group count is len(ends); ``cut_frequency``, for every layer boundary e (a cut before
+    layer e) that some replicate chose, the fraction that chose it; ``most_common``, up to three groupings
+    with their fractions. A grouping whose cuts the replicates rarely agree on is a coin toss between
+    near-equal objectives: expect different trials to train against different groups.
+    """
+    ends = tuple(int(e) for e in ends)
+    got = [tuple(int(e) for e in choose(s)) for s in replicate_sims]
+    r = len(got)
+    if r == 0:
+        raise ConfigError("grouping_stability: no replicate matrices given")
+    counts: dict[tuple, int] = {}
+    for g in got:
+        counts[g] = counts.get(g, 0) + 1
+    cuts: dict[int, int] = {}
+    for g in got:
+        for e in g[:-1]:
+            cuts[e] = cuts.get(e, 0) + 1
+    common = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    return {"replicates": r, "same_ends": counts.get(ends, 0) / r,
+            "same_n": sum(len(g) == len(ends) for g in got) / r,
+            "cut_frequency": {str(e): round(c / r, 4) for e, c in sorted(cuts.items())},
+            "most_common": [[list(g), round(c / r, 4)] for g, c in common]}

@@ -11,6 +11,12 @@ training images in eval mode, after the same pooling as the loss (helper/cka_dia
 measure cka_group's own figures use, so any student (kd, cka_group, ...) is measured alike. The groups
 come from --grouping (a cka_group run's cka_grouping.json), else from the student checkpoint when it is
 a cka_group run's, else the teacher is grouped here (--groups N|auto, --student_split).
+
+--stability R also groups the teacher again, by the same rule (the DP at the groups' n, or the knee then
+the DP with --groups auto), on R bootstrap replicates of its matrix (the batches of images drawn with
+replacement) and prints how often each grouping and each cut came back: whether a grouping is the data's
+or the images' (helper.grouping.grouping_stability). --seed picks the images (a training run's
+--data_seed, else its --seed, picks them the same way).
 """
 from __future__ import annotations
 
@@ -25,11 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dataset  # noqa: E402
 from helper.checkpoint import build_teacher, load_file  # noqa: E402
+from helper.cka import bootstrap_cka  # noqa: E402
 from helper.cka_diagnostics import DEFAULT_POOL, check_grouping, cka_figure, figure_rgb, layer_cka, \
     load_grouping, write_png  # noqa: E402
 from helper.errors import ConfigError  # noqa: E402
 from helper.grouping import STUDENT_SPLITS, block_cka, choose_n_groups, contiguous_groups, group_objective, \
-    student_split  # noqa: E402
+    grouping_stability, student_split  # noqa: E402
 
 
 def ascii_matrix(m, row_names, col_names) -> str:
@@ -64,10 +71,17 @@ def main(argv=None):
     p.add_argument("--groups", default="auto", help="teacher groups when no grouping is given or stored")
     p.add_argument("--student_split", default="even", choices=STUDENT_SPLITS,
                    help="student groups when no grouping is given or stored (as --cka_student_split)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that picks the --images images")
+    p.add_argument("--train_subset", type=int, default=None,
+                   help="as the training run's --train_subset: with its --seed (data seed), the same images as its grouping")
+    p.add_argument("--stability", type=int, default=0,
+                   help="bootstrap replicates for the teacher grouping's stability (0: none)")
     p.add_argument("--out", default="cka_matrix.png")
     p.add_argument("--json", default=None, help="also write the matrices, layer names, groups and group CKAs as JSON")
     p.add_argument("--trust_checkpoint", action="store_true", help="fully unpickle files a safe load refuses")
     a = p.parse_args(argv)
+    if a.stability < 0:
+        raise ConfigError(f"--stability {a.stability}: give a number of bootstrap replicates, or 0 for none")
     if a.groups != "auto" and not a.groups.isdigit():
         raise ConfigError(f"--groups {a.groups!r}: give a number of groups or 'auto'")
     n_cls = dataset.num_classes(a.dataset)
@@ -90,21 +104,41 @@ def main(argv=None):
                               f"these models have {l_t} and {l_s if l_s is not None else '-'}: use the pair's grouping")
     pool = a.pool if a.pool is not None else (grouping.get("pool", DEFAULT_POOL) if grouping else DEFAULT_POOL)
     pool = pool or None
-    opt = argparse.Namespace(dataset=a.dataset, data_folder=a.data_folder, batch_size=a.batch_size, seed=0)
+    opt = argparse.Namespace(dataset=a.dataset, data_folder=a.data_folder, batch_size=a.batch_size, seed=a.seed,
+                             train_subset=a.train_subset)
     data = dataset.get_dataloaders(opt, model_t.input_shape)
-    out = layer_cka(model_t, data.plain_train_images(a.images), pool, model_s)
+    out = layer_cka(model_t, data.plain_train_images(a.images), pool, model_s, keep_batches=a.stability > 0)
     tt, st, names_t, names_s = out["teacher"], out["student_x_teacher"], out["teacher_layers"], out["student_layers"]
     if grouping:
         how += f" ({grouping.get('grouping', 'dp')}, n={len(t_ends)}, {grouping.get('student_split', 'even')} split)"
-    else:
-        n_max = min(len(tt), len(st)) if st is not None else len(tt)
-        n = choose_n_groups(tt, n_max=n_max) if a.groups == "auto" else int(a.groups)
-        t_ends = contiguous_groups(tt, n)
+    n_max = min(len(tt), len(st)) if st is not None else len(tt)
+
+    def rule(m):  # the teacher's groups by the DP here (with --groups auto: at the knee's n)
+        return contiguous_groups(m, choose_n_groups(m, n_max=n_max) if a.groups == "auto" else int(a.groups))
+    if not grouping:
+        t_ends = rule(tt)
+        n = len(t_ends)
         s_ends = student_split(a.student_split, len(st), t_ends, len(tt))[0] if st is not None else None
         how = f"DP here (n={n}{', knee of the objective' if a.groups == 'auto' else ''}, {a.student_split} split)"
     print(f"teacher {arch_t}: {len(tt)} layers, unbiased minibatch CKA on {out['images']} images, pool {pool}")
     print(ascii_matrix(tt, names_t, names_t))
     print(f"teacher groups {how}: ends {t_ends}, objective J={group_objective(tt, t_ends):.4f}")
+    stability = None
+    if a.stability:
+        terms = out["teacher_terms"]
+        if terms["cross"].shape[0] < 2:
+            raise ConfigError(f"--stability: the {out['images']} images came in one batch; lower --batch_size")
+        given = grouping is not None
+        n_here = len(t_ends)
+        stab_rule = (lambda m: contiguous_groups(m, n_here)) if given else rule
+        stability = grouping_stability(bootstrap_cka(terms, a.stability, seed=a.seed), t_ends, stab_rule)
+        stability |= {"unit": "batch", "batches": int(terms["cross"].shape[0]),
+                      "rule": f"DP at n={n_here}" if given or a.groups != "auto" else "knee, then DP"}
+        print(f"stability ({stability['rule']} on {a.stability} bootstrap replicates of the "
+              f"{stability['batches']} batches): ends {t_ends} in {100 * stability['same_ends']:.0f}%"
+              + (f", n={n_here} in {100 * stability['same_n']:.0f}%" if stability["rule"].startswith("knee") else "")
+              + "; groupings " + ", ".join(f"{e} {100 * f:.0f}%" for e, f in stability["most_common"])
+              + "; cuts " + ", ".join(f"before layer {e} {100 * f:.0f}%" for e, f in stability["cut_frequency"].items()))
     blocks = None
     if st is not None:
         reduce = grouping.get("reduce", "mean") if grouping else "mean"
@@ -123,7 +157,7 @@ def main(argv=None):
                        "student_x_teacher": None if st is None else np.round(st, 6).tolist(),
                        "student_ends": None if s_ends is None else list(map(int, s_ends)),
                        "group_cka": blocks, "teacher_layers": names_t, "student_layers": names_s,
-                       "images": out["images"], "pool": pool}, f, indent=1)
+                       "images": out["images"], "pool": pool, "seed": a.seed, "stability": stability}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Reference formulas (feature-form CKA, explicit centring matrix H, Song's unbiase
 here in NumPy float64, independently of the library code.
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from helper import cka
-from helper.cka import (MinibatchCKA, center_gram, centered_gram, cka_matrix, gram, hsic,
+from helper.cka import (MinibatchCKA, bootstrap_cka, center_gram, centered_gram, cka_matrix, gram, hsic,
                         linear_cka, pool_features, unit_gram)
 
 DTYPES = [torch.float64, torch.float32]
@@ -419,6 +420,48 @@ def test_minibatch_cka_matches_formula_and_is_not_mean_of_batches():
     one = MinibatchCKA()
     one.update(a, b)
     assert np.allclose(one.compute().numpy(), cka_matrix(a, b, unbiased=True).numpy(), atol=1e-10)
+
+
+def test_a_bootstrap_replicate_is_the_minibatch_cka_of_the_batches_it_drew():
+    """keep_batches: each batch's terms are that batch's HSIC_1 terms (their sums give compute()); a
+    bootstrap replicate is the minibatch CKA (Song's formula, written here) of a draw of the batches with
+    replacement, every draw of T from T equally likely."""
+    g = torch.Generator().manual_seed(67)
+    n, sizes = 64, [16, 16, 16, 16]
+    z = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    a = [z @ torch.randn(5, 9, generator=g, dtype=torch.float64), torch.relu(z)]
+    b = [z[:, :2] + torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, 3, generator=g, dtype=torch.float64)]
+    edges = np.cumsum([0] + sizes)
+    batches_a = [[f[s:e] for f in a] for s, e in zip(edges[:-1], edges[1:])]
+    batches_b = [[f[s:e] for f in b] for s, e in zip(edges[:-1], edges[1:])]
+    acc = MinibatchCKA(keep_batches=True)
+    for fa, fb in zip(batches_a, batches_b):
+        acc.update(fa, fb)
+    terms = acc.batch_terms()
+    assert terms["cross"].shape == (4, 2, 2) and terms["self_a"].shape == (4, 2) and terms["self_b"].shape == (4, 2)
+    assert np.allclose(cka.cka_from_sums(terms["cross"].sum(0), terms["self_a"].sum(0), terms["self_b"].sum(0)),
+                       acc.compute().numpy(), atol=1e-12)
+    for t in range(4):  # one batch's terms alone: that batch's plain unbiased CKA
+        assert np.allclose(cka.cka_from_sums(terms["cross"][t], terms["self_a"][t], terms["self_b"][t]),
+                           cka_matrix(batches_a[t], batches_b[t], unbiased=True).numpy(), atol=1e-10)
+    draws = [c for c in itertools.product(range(5), repeat=4) if sum(c) == 4]   # the 35 count vectors
+    want = {c: minibatch_reference([x for x, k in zip(batches_a, c) for _ in range(k)],
+                                   [y for y, k in zip(batches_b, c) for _ in range(k)]) for c in draws}
+    reps = bootstrap_cka(terms, 4000, seed=3)
+    assert reps.shape == (4000, 2, 2)
+    seen = {}
+    for r in reps:
+        hit = [c for c, m in want.items() if np.allclose(r, m, atol=1e-10)]
+        assert hit, "a replicate that is no draw of the batches"
+        seen[hit[0]] = seen.get(hit[0], 0) + 1
+    assert seen.get((1, 1, 1, 1), 0) / 4000 == pytest.approx(24 / 256, abs=0.02)   # 4!/4^4
+    assert sum(seen.get(c, 0) for c in [(4, 0, 0, 0), (0, 4, 0, 0), (0, 0, 4, 0), (0, 0, 0, 4)]) / 4000 \
+        == pytest.approx(4 / 256, abs=0.01)
+    assert np.array_equal(bootstrap_cka(terms, 5, seed=3), reps[:5])   # seeded
+    with pytest.raises(ValueError, match="keep_batches=True"):
+        MinibatchCKA().batch_terms()
+    with pytest.raises(ValueError, match="replicates must be >= 1"):
+        bootstrap_cka(terms, 0)
 
 
 def test_minibatch_cka_square_mode_and_degenerate_layer():

@@ -257,6 +257,48 @@ def test_grouping_is_saved_in_the_state_dict_and_reused_without_the_teacher():
     assert torch.equal(d2._mask, d._mask)
 
 
+def test_the_grouping_reports_its_bootstrap_stability(tmp_path):
+    """Three identical batches of grouping images: every replicate is the measured matrix, so the rule
+    gives the same groups in all of them; three different batches: the report is a distribution over the
+    replicates, whose most common grouping list agrees with the cut frequencies."""
+    model_t, images, t_shapes = teacher_and_images()
+    same = lambda n: [images(24)[0]] * 3  # noqa: E731
+    msgs = []
+    d = build(s_shapes=S_SHAPES, t_shapes=t_shapes, batch=8, model_t=model_t, images=same, cka_groups="auto",
+              cka_images=24, cka_stability=30, save_folder=str(tmp_path))
+    d.prepare(log=msgs.append)
+    st = json.load(open(tmp_path / "cka_grouping.json"))["stability"]
+    ends = d.grouping["teacher_ends"]
+    assert (st["replicates"], st["batches"], st["same_ends"], st["same_n"]) == (30, 3, 1.0, 1.0)
+    assert st["most_common"] == [[ends, 1.0]]
+    assert f"stability: teacher ends {ends} in 100% of 30 bootstrap replicates (the 3 batches" in msgs[0]
+    assert f"n={len(ends)} in 100%" in msgs[0] and "otherwise" not in msgs[0]
+
+    d = build(s_shapes=S_SHAPES, t_shapes=t_shapes, batch=8, model_t=model_t, images=images, cka_groups="3",
+              cka_images=24, cka_stability=40)
+    d.prepare(log=lambda *_: None)
+    st = d.grouping["stability"]
+    assert st["replicates"] == 40 and st["batches"] == 3 and st["same_n"] == 1.0 and 0 <= st["same_ends"] <= 1
+    assert sum(f for _, f in st["most_common"]) <= 1 + 1e-9
+    top, top_frac = st["most_common"][0]
+    assert all(st["cut_frequency"][str(e)] >= top_frac - 1e-9 for e in top[:-1])
+    listed = {tuple(e): f for e, f in st["most_common"]}
+    if tuple(d.grouping["teacher_ends"]) in listed:
+        assert listed[tuple(d.grouping["teacher_ends"])] == pytest.approx(st["same_ends"])
+    else:
+        assert st["same_ends"] <= min(listed.values())
+
+    d = build(s_shapes=S_SHAPES, t_shapes=t_shapes, batch=8, model_t=model_t, images=images, cka_images=24,
+              cka_stability=0)
+    d.prepare(log=msgs.append)
+    assert d.grouping["stability"] is None and "stability" not in msgs[-1]
+    d = build(s_shapes=S_SHAPES, t_shapes=t_shapes, batch=8, model_t=model_t, images=lambda n: [images(24)[0]],
+              cka_images=8)
+    d.prepare(log=msgs.append)
+    assert d.grouping["stability"]["replicates"] == 0 and "stability not measured (the grouping images came in one " \
+        "batch" in msgs[-1]
+
+
 # ---- refusals and diagnostics ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("over,batch,needle", [
@@ -268,6 +310,7 @@ def test_grouping_is_saved_in_the_state_dict_and_reused_without_the_teacher():
     ({"cka_images": 3}, B, "--cka_images 3: .* at least 4 images"),
     ({"cka_estimator": "biased", "cka_images": 2}, 3, "--cka_images 2"),
     ({"cka_log_every": -1}, B, "--cka_log_every -1"),
+    ({"cka_stability": -1}, B, "--cka_stability -1"),
 ])
 def test_refusals_at_build(over, batch, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -70,6 +70,28 @@ def test_cka_matrix_measures_any_student_against_a_runs_grouping(tmp_path, capsy
                          "--images", "32", "--out", str(tmp_path / "g.png")])
 
 
+def test_cka_matrix_reports_the_stability_of_the_teacher_grouping(tmp_path, capsys):
+    path_t = _ckpt(tmp_path, "resnet14")
+    js = str(tmp_path / "s.json")
+    args = ["--path_t", path_t, "--dataset", "digits", "--images", "64", "--batch_size", "16", "--groups", "2",
+            "--out", str(tmp_path / "s.png")]
+    cka_matrix.main(args + ["--stability", "25", "--json", js])
+    text = capsys.readouterr().out
+    data = json.load(open(js))
+    st, ends = data["stability"], data["teacher_ends"]
+    assert (st["replicates"], st["batches"], st["rule"]) == (25, 4, "DP at n=2") and data["seed"] == 0
+    assert f"stability (DP at n=2 on 25 bootstrap replicates of the 4 batches): ends {ends} in " \
+           f"{100 * st['same_ends']:.0f}%" in text
+    assert sum(f for _, f in st["most_common"]) == pytest.approx(1.0) or len(st["most_common"]) == 3
+    assert all(len(e) == 2 and e[-1] == 8 for e, _ in st["most_common"])
+    cka_matrix.main(args + ["--json", js])
+    assert json.load(open(js))["stability"] is None and "stability" not in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="--stability -1"):
+        cka_matrix.main(args + ["--stability", "-1"])
+    with pytest.raises(ConfigError, match="came in one batch"):
+        cka_matrix.main(args[:6] + ["--batch_size", "64", "--stability", "5", "--out", str(tmp_path / "s.png")])
+
+
 # ---- helper/cka_diagnostics.py ------------------------------------------------------------------------------
 
 def test_batches_are_merged_to_at_least_4_images_without_dropping_any():

@@ -11,7 +11,8 @@ import torch
 
 from helper.grouping import (anchored_split, block_cka, check_ends, choose_n_groups, contiguous_groups,
                              even_split, group_objective, grouping_objective_curve, groups_from_ends,
-                             knee_n_groups, proportional_split, random_groups, student_split, uniform_groups)
+                             grouping_stability, knee_n_groups, proportional_split, random_groups, student_split,
+                             uniform_groups)
 
 WORKED = [[1, .9, .8, .2, .1, .1], [.9, 1, .85, .25, .1, .1], [.8, .85, 1, .3, .2, .15],
           [.2, .25, .3, 1, .7, .6], [.1, .1, .2, .7, 1, .9], [.1, .1, .15, .6, .9, 1]]
@@ -310,3 +311,28 @@ def test_invalid_inputs_raise_clear_errors():
         choose_n_groups(s, rule="elbow")
     with pytest.raises(ValueError, match="tau"):
         choose_n_groups(s, rule="threshold", tau=1.5)
+
+
+def planted_blocks(sizes, within=0.9, between=0.1):
+    s = np.full((sum(sizes), sum(sizes)), between)
+    for a, b in zip(np.cumsum([0] + sizes[:-1]), np.cumsum(sizes)):
+        s[a:b, a:b] = within
+    np.fill_diagonal(s, 1.0)
+    return s
+
+
+def test_grouping_stability_counts_the_replicates_that_give_the_grouping():
+    a, b = planted_blocks([3, 3]), planted_blocks([1, 5])      # the DP at n = 2 cuts them [3, 6] and [1, 6]
+    assert contiguous_groups(a, 2) == [3, 6] and contiguous_groups(b, 2) == [1, 6]
+    st = grouping_stability([a, a, b, a], [3, 6], lambda s: contiguous_groups(s, 2))
+    assert st["replicates"] == 4 and st["same_ends"] == 0.75 and st["same_n"] == 1.0
+    assert st["cut_frequency"] == {"1": 0.25, "3": 0.75}
+    assert st["most_common"] == [[[3, 6], 0.75], [[1, 6], 0.25]]
+    # with the knee choosing n, a replicate with another block count changes n too
+    c = planted_blocks([2, 2, 2])
+    knee = lambda s: contiguous_groups(s, choose_n_groups(s))  # noqa: E731
+    st = grouping_stability([a, c, c, c, c], [2, 4, 6], knee)
+    assert (st["same_ends"], st["same_n"]) == (0.8, 0.8) and st["cut_frequency"] == {"2": 0.8, "3": 0.2, "4": 0.8}
+    assert st["most_common"][0] == [[2, 4, 6], 0.8]
+    with pytest.raises(ValueError, match="no replicate"):
+        grouping_stability([], [3, 6], knee)
