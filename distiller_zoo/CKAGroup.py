@@ -50,9 +50,9 @@ import torch
 from helper import distributed as dist_util
 from helper.cka import MIN_BATCH_UNBIASED, bootstrap_cka, no_autocast, pool_features, unit_grams
 from helper.cka_diagnostics import DEFAULT_POOL, cka_figure, figure_rgb, layer_cka, write_png
-from helper.grouping import STUDENT_SPLITS, block_cka, check_ends, contiguous_groups, group_objective, \
-    grouping_objective_curve, grouping_stability, groups_from_ends, knee_n_groups, random_groups, student_split, \
-    uniform_groups
+from helper.grouping import STUDENT_SPLITS, block_cka, check_ends, contiguous_groups, describe_stability, \
+    group_objective, grouping_objective_curve, grouping_stability, groups_from_ends, knee_n_groups, random_groups, \
+    student_split, uniform_groups
 from models.layers import LayerRecorder
 
 from . import register
@@ -82,12 +82,7 @@ def _describe_stability(g: dict) -> str:
     st = g.get("stability") or {}
     if not st.get("replicates"):
         return f"; stability not measured ({st['note']})" if st.get("note") else ""
-    text = (f"; stability: teacher ends {g['teacher_ends']} in {100 * st['same_ends']:.0f}% of {st['replicates']} "
-            f"bootstrap replicates (the {st['batches']} batches of grouping images drawn with replacement)")
-    if g.get("n_rule") == "knee":
-        text += f", n={g['n_groups']} in {100 * st['same_n']:.0f}%"
-    others = [f"{ends} {100 * frac:.0f}%" for ends, frac in st["most_common"] if ends != list(g["teacher_ends"])]
-    return text + (f"; otherwise {', '.join(others)}" if others else "")
+    return "; stability: teacher " + describe_stability(st, g["teacher_ends"], with_n=g.get("n_rule") == "knee")
 
 
 def _round(m) -> list:

@@ -30,7 +30,7 @@ __all__ = [
     "contiguous_groups", "group_objective", "grouping_objective_curve", "choose_n_groups", "knee_n_groups",
     "even_split", "uniform_groups", "random_groups", "groups_from_ends", "check_ends",
     "STUDENT_SPLITS", "proportional_split", "anchored_split", "student_split", "block_cka",
-    "grouping_stability",
+    "grouping_stability", "describe_stability",
 ]
 
 _TIE_TOL = 1e-10  # relative tolerance for ties in the DP reconstruction
@@ -374,3 +374,16 @@ def grouping_stability(replicate_sims, ends: Sequence[int], choose) -> dict:
             "same_n": sum(len(g) == len(ends) for g in got) / r,
             "cut_frequency": {str(e): round(c / r, 4) for e, c in sorted(cuts.items())},
             "most_common": [[list(g), round(c / r, 4)] for g, c in common]}
+
+
+def describe_stability(st: dict, ends: Sequence[int], with_n: bool = False) -> str:
+    """`grouping_stability`'s result in words: how often ``ends`` came back (and n, with ``with_n``), and the
+    other groupings the replicates gave."""
+    def pct(f):
+        return f"{100 * f:.3g}%"
+    text = (f"ends {list(ends)} in {pct(st['same_ends'])} of {st['replicates']} bootstrap replicates (the "
+            f"{st['batches']} batches of grouping images drawn with replacement)")
+    if with_n:
+        text += f", n={len(ends)} in {pct(st['same_n'])}"
+    others = [f"{e} {pct(f)}" for e, f in st["most_common"] if list(e) != list(ends)]
+    return text + (f"; otherwise {', '.join(others)}" if others else "")

@@ -36,7 +36,7 @@ from helper.cka_diagnostics import DEFAULT_POOL, check_grouping, cka_figure, fig
     load_grouping, write_png  # noqa: E402
 from helper.errors import ConfigError  # noqa: E402
 from helper.grouping import STUDENT_SPLITS, block_cka, choose_n_groups, contiguous_groups, group_objective, \
-    grouping_stability, student_split  # noqa: E402
+    describe_stability, grouping_stability, student_split  # noqa: E402
 
 
 def ascii_matrix(m, row_names, col_names) -> str:
@@ -134,11 +134,9 @@ def main(argv=None):
         stability = grouping_stability(bootstrap_cka(terms, a.stability, seed=a.seed), t_ends, stab_rule)
         stability |= {"unit": "batch", "batches": int(terms["cross"].shape[0]),
                       "rule": f"DP at n={n_here}" if given or a.groups != "auto" else "knee, then DP"}
-        print(f"stability ({stability['rule']} on {a.stability} bootstrap replicates of the "
-              f"{stability['batches']} batches): ends {t_ends} in {100 * stability['same_ends']:.0f}%"
-              + (f", n={n_here} in {100 * stability['same_n']:.0f}%" if stability["rule"].startswith("knee") else "")
-              + "; groupings " + ", ".join(f"{e} {100 * f:.0f}%" for e, f in stability["most_common"])
-              + "; cuts " + ", ".join(f"before layer {e} {100 * f:.0f}%" for e, f in stability["cut_frequency"].items()))
+        print(f"stability ({stability['rule']}): "
+              + describe_stability(stability, t_ends, with_n=stability["rule"].startswith("knee"))
+              + "; cuts " + ", ".join(f"before layer {e} {100 * f:.3g}%" for e, f in stability["cut_frequency"].items()))
     blocks = None
     if st is not None:
         reduce = grouping.get("reduce", "mean") if grouping else "mean"

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from helper.grouping import (anchored_split, block_cka, check_ends, choose_n_groups, contiguous_groups,
-                             even_split, group_objective, grouping_objective_curve, groups_from_ends,
-                             grouping_stability, knee_n_groups, proportional_split, random_groups, student_split,
-                             uniform_groups)
+                             describe_stability, even_split, group_objective, grouping_objective_curve,
+                             grouping_stability, groups_from_ends, knee_n_groups, proportional_split, random_groups,
+                             student_split, uniform_groups)
 
 WORKED = [[1, .9, .8, .2, .1, .1], [.9, 1, .85, .25, .1, .1], [.8, .85, 1, .3, .2, .15],
           [.2, .25, .3, 1, .7, .6], [.1, .1, .2, .7, 1, .9], [.1, .1, .15, .6, .9, 1]]
@@ -336,3 +336,11 @@ def test_grouping_stability_counts_the_replicates_that_give_the_grouping():
     assert st["most_common"][0] == [[2, 4, 6], 0.8]
     with pytest.raises(ValueError, match="no replicate"):
         grouping_stability([], [3, 6], knee)
+
+
+def test_describe_stability_keeps_small_fractions_visible():
+    st = {"replicates": 200, "batches": 16, "same_ends": 0.995, "same_n": 1.0,
+          "most_common": [[[4, 8, 11], 0.995], [[5, 8, 11], 0.005]]}
+    assert describe_stability(st, [4, 8, 11], with_n=True) == (
+        "ends [4, 8, 11] in 99.5% of 200 bootstrap replicates (the 16 batches of grouping images drawn with "
+        "replacement), n=3 in 100%; otherwise [5, 8, 11] 0.5%")
