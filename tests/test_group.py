@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 
 import pytest
 import torch
@@ -329,3 +330,24 @@ def test_cka_curves_measures_any_student_under_one_grouping(data_dir, teacher, t
         last.load_state_dict(state(os.path.join(kd, "ckpt_epoch_2.pth"))[0])
         assert group_cka(model_t, last, g, images)["group_cka"] == pytest.approx(curves["kd"][-1]["group_cka"])
     assert len(curves["kd"][0]["group_cka"]) == len(g["teacher_ends"])
+
+
+@pytest.mark.parametrize("table", sorted(
+    f for f in os.listdir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "tables"))
+    if f.endswith(".txt")))
+def test_every_table_file_parses_as_one_group(table):
+    """Each table of scripts/tables (named <dataset>_<teacher>_<student>.txt) is read by paired_table and its
+    rows parse as one group of train_student.py flags for its pair: a misspelt flag or a value outside an
+    option's choices fails here, not an hour into a study."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "scripts"))
+    import paired_table
+    from models import model_dict
+    rows = paired_table.read_table(os.path.join(root, "scripts", "tables", table))
+    _, teacher, student = table[:-len(".txt")].split("_", 2)
+    assert teacher in model_dict and student in model_dict and len(rows) >= 3
+    argv = ["--path_t", "teacher.pth", "--model_t", teacher, "--model_s", student, "--dataset", "fashionmnist"]
+    for label, flags in rows:
+        argv += ["--student", paired_table.row_flags(label, flags, 1)]
+    opts = train_group.parse_group(argv)
+    assert [o.distill for o in opts] == [shlex.split(f)[shlex.split(f).index("--distill") + 1] for _, f in rows]
