@@ -244,6 +244,9 @@ class CKAGroup(Distiller):
         matrix (helper.grouping.grouping_stability); None when not asked for or there are no batch terms."""
         if terms is None or not self.opt.cka_stability:
             return None
+        if self.opt.cka_grouping != "dp" and str(self.opt.cka_groups) != "auto":
+            return {"replicates": 0, "unit": "batch",
+                    "note": f"a {self.opt.cka_grouping} cut at a given n does not depend on the grouping images"}
         batches = int(np.shape(terms["cross"])[0])
         if batches < 2:
             return {"replicates": 0, "batches": batches, "unit": "batch",

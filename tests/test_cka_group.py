@@ -288,6 +288,11 @@ def test_the_grouping_reports_its_bootstrap_stability(tmp_path):
     else:
         assert st["same_ends"] <= min(listed.values())
 
+    d = build(s_shapes=S_SHAPES, t_shapes=t_shapes, batch=8, model_t=model_t, images=images, cka_groups="3",
+              cka_images=24, cka_grouping="random")
+    d.prepare(log=msgs.append)
+    assert d.grouping["stability"]["replicates"] == 0
+    assert "stability not measured (a random cut at a given n does not depend on the grouping images)" in msgs[-1]
     d = build(s_shapes=S_SHAPES, t_shapes=t_shapes, batch=8, model_t=model_t, images=images, cka_images=24,
               cka_stability=0)
     d.prepare(log=msgs.append)
