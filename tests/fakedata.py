@@ -156,3 +156,13 @@ def make_idx(root, n_train: int = 100, n_test: int = 50, gz: bool = False, seed:
     write_idx(os.path.join(root, "t10k-images-idx3-ubyte"), te_x, gz)
     write_idx(os.path.join(root, "t10k-labels-idx1-ubyte"), te_y, gz)
     return str(root)
+
+
+def planted_similarity(sizes, within: float = 0.95, between: float = 0.1) -> np.ndarray:
+    """A layer-similarity matrix with planted contiguous blocks of the given sizes: ``within`` inside a
+    block, ``between`` across blocks, 1 on the diagonal (what a teacher with clear layer groups gives)."""
+    s = np.full((sum(sizes), sum(sizes)), between)
+    for a, b in zip(np.cumsum([0] + list(sizes[:-1])), np.cumsum(sizes)):
+        s[a:b, a:b] = within
+    np.fill_diagonal(s, 1.0)
+    return s

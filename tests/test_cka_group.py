@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from distiller_zoo import Batch, BuildContext, Outputs, build_distiller, get_distiller_class
+from fakedata import planted_similarity
 from helper.errors import ConfigError
 from helper.cka_diagnostics import group_cka
 from models import model_dict
@@ -377,12 +378,7 @@ def test_a_batch_of_3_with_the_biased_loss_groups_on_batches_of_at_least_4():
     assert np.allclose(d.grouping["teacher_cka"], expected, atol=2e-5)
 
 
-def planted(sizes, within=0.95, between=0.1):
-    s = np.full((sum(sizes), sum(sizes)), between)
-    for a, b in zip(np.cumsum([0] + sizes[:-1]), np.cumsum(sizes)):
-        s[a:b, a:b] = within
-    np.fill_diagonal(s, 1.0)
-    return s
+planted = planted_similarity
 
 
 def with_matrix(d, sim):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fakedata import planted_similarity
 from helper.grouping import (anchored_split, block_cka, check_ends, choose_n_groups, contiguous_groups,
                              describe_stability, even_split, group_objective, grouping_objective_curve,
                              grouping_stability, groups_from_ends, knee_n_groups, proportional_split, random_groups,
@@ -313,12 +314,8 @@ def test_invalid_inputs_raise_clear_errors():
         choose_n_groups(s, rule="threshold", tau=1.5)
 
 
-def planted_blocks(sizes, within=0.9, between=0.1):
-    s = np.full((sum(sizes), sum(sizes)), between)
-    for a, b in zip(np.cumsum([0] + sizes[:-1]), np.cumsum(sizes)):
-        s[a:b, a:b] = within
-    np.fill_diagonal(s, 1.0)
-    return s
+def planted_blocks(sizes):
+    return planted_similarity(sizes, within=0.9)
 
 
 def test_grouping_stability_counts_the_replicates_that_give_the_grouping():
