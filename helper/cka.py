@@ -274,7 +274,7 @@ class MinibatchCKA:
 
     ``keep_batches=True`` also keeps each batch's terms (float64, on the CPU): ``batch_terms()`` returns
     them, and a resample of the batches gives a bootstrap replicate of the matrix
-    (helper/grouping.bootstrap_similarities), from which cka_group reports how stable its grouping is.
+    (`bootstrap_cka`), from which cka_group reports how stable its grouping is.
     """
 
     def __init__(self, keep_batches: bool = False) -> None:

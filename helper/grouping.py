@@ -20,6 +20,7 @@ All arithmetic is float64 NumPy; inputs may be NumPy arrays, nested lists or tor
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -362,13 +363,8 @@ def grouping_stability(replicate_sims, ends: Sequence[int], choose) -> dict:
     r = len(got)
     if r == 0:
         raise ConfigError("grouping_stability: no replicate matrices given")
-    counts: dict[tuple, int] = {}
-    for g in got:
-        counts[g] = counts.get(g, 0) + 1
-    cuts: dict[int, int] = {}
-    for g in got:
-        for e in g[:-1]:
-            cuts[e] = cuts.get(e, 0) + 1
+    counts = Counter(got)
+    cuts = Counter(e for g in got for e in g[:-1])
     common = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
     return {"replicates": r, "same_ends": counts.get(ends, 0) / r,
             "same_n": sum(len(g) == len(ends) for g in got) / r,
